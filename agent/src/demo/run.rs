@@ -1,0 +1,258 @@
+//! `understudy demo`: an embedded production with a steady writer, a sandbox created from it, then a live view of
+//! the sandbox following it, including a schema change on production that the follower applies, and a final
+//! checksum comparison of every table.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::source::SourceServer;
+use super::writer::Writer;
+use crate::pg::QualifiedName;
+use crate::progress::human_bytes;
+use crate::sandbox::{self, CreateOptions, SandboxError, StateDir, follow};
+use crate::source::{Replicate, SandboxName, objects};
+use crate::verify::checksum;
+
+/// Options of the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub keep: bool,
+    pub watch_seconds: u64,
+    pub rows: i64,
+    /// Where to put the demo's clusters; a fresh temporary directory when `None`.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What the demo established (asserted by its test).
+#[derive(Debug, Clone)]
+pub struct DemoOutcome {
+    pub tables_equal: usize,
+    pub tables_total: usize,
+    pub writes_during_follow: u64,
+    pub ddl_applied: Vec<String>,
+}
+
+/// Runs the demo, printing as it goes.
+pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, SandboxError> {
+    let root = match &opts.state_dir {
+        Some(dir) => dir.join("demo"),
+        None => std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id())),
+    };
+    if root.exists() {
+        return Err(SandboxError::Failed(format!(
+            "{} exists (a kept demo?): remove it or pass another --state-dir",
+            root.display()
+        )));
+    }
+    std::fs::create_dir_all(&root)
+        .map_err(|e| SandboxError::io(format!("creating {}", root.display()), e))?;
+    crate::sandbox::state::set_mode(&root, 0o755)?;
+    let result = demo(&opts, &root).await;
+    if !opts.keep {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    result
+}
+
+async fn demo(opts: &DemoOptions, root: &std::path::Path) -> Result<DemoOutcome, SandboxError> {
+    let started = Instant::now();
+    println!("== Understudy demo: a sandbox that follows production ==");
+    println!(
+        "[1/5] starting an embedded \"production\" and loading {} orders ...",
+        opts.rows
+    );
+    let mut source = SourceServer::start(&root.join("production"), "shop", &[]).await?;
+    source.load_sample(opts.rows, "shop_pub").await?;
+    let admin = source.admin().await?;
+    println!(
+        "      production listens on 127.0.0.1:{} (database shop)",
+        source.cluster.port()
+    );
+
+    println!("[2/5] starting the application's steady writer (~200 transactions/s)");
+    let writer = Writer::start(source.admin().await?, 200);
+
+    let state = StateDir::at(root.join("state"));
+    let name = SandboxName::parse("shop")?;
+    println!(
+        "[3/5] understudy sandbox create shop --publication shop_pub (as least-privilege role understudy_replicator)"
+    );
+    let create = CreateOptions {
+        name: name.clone(),
+        source: source.replicator_conninfo(),
+        replicate: Replicate::Publication("shop_pub".into()),
+        state_dir: state.clone(),
+        jobs: 2,
+        wal_budget_bytes: 1 << 30,
+        progress: true,
+    };
+    let say = |line: &str| println!("      {line}");
+    let result = follow_and_check(
+        opts, &source, &admin, writer, &state, &name, &create, &say, started,
+    )
+    .await;
+    if opts.keep {
+        source.keep();
+        println!();
+        println!("kept for exploring:");
+        println!("  production: psql \"{}\"", source.cluster.conninfo("shop"));
+        if let Ok(meta) = sandbox::SandboxMeta::load(&state.sandbox_dir(&name)) {
+            println!(
+                "  sandbox:    psql \"host={} port={} user=postgres dbname=shop\"",
+                meta.cluster.socket_dir.display(),
+                meta.cluster.port
+            );
+        }
+        println!(
+            "  status:     understudy --state-dir {} sandbox status shop",
+            state.root().display()
+        );
+        println!(
+            "  clean up:   understudy --state-dir {} sandbox delete shop, then stop production with pg_ctl -D {} stop",
+            state.root().display(),
+            source.cluster.data_dir().display()
+        );
+    } else {
+        let _ = sandbox::delete(&state, &name, None, true).await;
+        let left = objects::slots_like(&admin, "understudy\\_%")
+            .await
+            .map(|s| s.len())
+            .unwrap_or(0);
+        source.destroy().await?;
+        println!(
+            "cleaned up: sandbox deleted, {left} Understudy slot(s) left on production, production stopped"
+        );
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn follow_and_check(
+    opts: &DemoOptions,
+    source: &SourceServer,
+    admin: &tokio_postgres::Client,
+    writer: Writer,
+    state: &StateDir,
+    name: &SandboxName,
+    create: &CreateOptions,
+    say: &(dyn Fn(&str) + Sync),
+    started: Instant,
+) -> Result<DemoOutcome, SandboxError> {
+    let meta = sandbox::create(create, say).await?;
+    let sandbox_cluster = sandbox::cluster_of(&meta)?;
+    let sandbox_db = sandbox_cluster.connect(&meta.database).await?;
+    println!(
+        "[4/5] following production for {} s; at the midpoint production runs ALTER TABLE orders ADD COLUMN coupon text",
+        opts.watch_seconds
+    );
+    println!(
+        "      {:>5}  {:>12}  {:>12}  {:>10}  {:>10}",
+        "t", "prod orders", "sandbox", "lag", "writes"
+    );
+    let before = writer.transactions();
+    let mut ddl_applied = Vec::new();
+    let mut altered = false;
+    for second in 1..=opts.watch_seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !altered && second >= opts.watch_seconds / 2 {
+            admin
+                .batch_execute("ALTER TABLE orders ADD COLUMN coupon text")
+                .await
+                .map_err(crate::pg::PgError::sql("altering production"))?;
+            writer.state.write_coupon.store(true, Ordering::Relaxed);
+            altered = true;
+            println!(
+                "      production: ALTER TABLE orders ADD COLUMN coupon text (the writer now fills it)"
+            );
+        }
+        let report = follow::follow_once(state, name).await?;
+        for line in &report.applied {
+            println!("      follower applied to the sandbox: {line}");
+            ddl_applied.push(line.clone());
+        }
+        let prod: i64 = count(admin, "orders").await?;
+        let sand: i64 = count(&sandbox_db, "orders").await?;
+        let lag = objects::slot_info(admin, &meta.slot)
+            .await?
+            .map(|s| s.lag_bytes)
+            .unwrap_or(0);
+        println!(
+            "      {:>4}s  {:>12}  {:>12}  {:>10}  {:>10}",
+            second,
+            prod,
+            sand,
+            human_bytes(lag),
+            writer.transactions() - before
+        );
+    }
+    let writes = writer.transactions() - before;
+    writer.stop().await?;
+    // Let the follower apply anything left, then wait for the sandbox to confirm production's last position.
+    follow::follow_once(state, name).await?;
+    let target: String = admin
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(crate::pg::PgError::sql("reading the WAL position"))?
+        .get(0);
+    let target = target
+        .parse()
+        .map_err(|e: crate::lsn::ParseLsnError| SandboxError::Failed(e.to_string()))?;
+    sandbox::create::wait_caught_up(
+        &sandbox_db,
+        &meta.subscription,
+        target,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    println!("[5/5] writer stopped; comparing every table at production's position {target}");
+    let tables = [
+        QualifiedName::new("public", "customers"),
+        QualifiedName::new("public", "orders"),
+        QualifiedName::new("public", "events"),
+    ];
+    let mut equal = 0;
+    for table in &tables {
+        let a = checksum::table_checksum(admin, table, &[]).await?;
+        let b = checksum::table_checksum(&sandbox_db, table, &[]).await?;
+        let same = a == b;
+        equal += usize::from(same);
+        println!(
+            "      {:<20} production {:>8} rows {}  sandbox {:>8} rows {}  {}",
+            table.to_string(),
+            a.rows,
+            &a.md5[..8],
+            b.rows,
+            &b.md5[..8],
+            if same { "equal" } else { "DIFFERENT" }
+        );
+    }
+    let st = sandbox::status(state, name).await?;
+    println!(
+        "sandbox status: {:?}, lag {} bytes, our slot keeps {} of WAL on production",
+        st.state,
+        st.lag_bytes.unwrap_or(0),
+        human_bytes(st.retained_wal_bytes.unwrap_or(0))
+    );
+    println!(
+        "summary: {equal}/{} tables equal after {writes} concurrent writes and 1 schema change, in {:.0}s",
+        tables.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = source;
+    Ok(DemoOutcome {
+        tables_equal: equal,
+        tables_total: tables.len(),
+        writes_during_follow: writes,
+        ddl_applied,
+    })
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> Result<i64, SandboxError> {
+    Ok(client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .map_err(crate::pg::PgError::sql("counting rows"))?
+        .get(0))
+}

@@ -1,0 +1,12 @@
+//! Understudy's agent: everything that touches PostgreSQL. The `understudy` command line and (later) the
+//! Kubernetes pods call into this library; see `docs/architecture.md` for the module map.
+
+pub mod demo;
+pub mod lsn;
+pub mod pg;
+pub mod progress;
+pub mod sandbox;
+pub mod source;
+pub mod verify;
+
+pub use lsn::Lsn;

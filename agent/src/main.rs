@@ -1,0 +1,463 @@
+//! The `understudy` command line: a thin layer over the agent library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use understudy::pg::{ConnInfo, QualifiedName};
+use understudy::progress::human_bytes;
+use understudy::sandbox::{self, SandboxError, SandboxState, StateDir, follow};
+use understudy::source::{Replicate, SandboxName};
+
+#[derive(Parser)]
+#[command(
+    name = "understudy",
+    version,
+    about = "Rehearse PostgreSQL migrations on a live copy of production"
+)]
+struct Cli {
+    /// Where sandboxes live [default: /var/lib/understudy as root, else ~/.local/state/understudy]
+    #[arg(long, global = true, env = "UNDERSTUDY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// More logging (also RUST_LOG)
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sandboxes: databases kept current with a source by logical replication
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Start an embedded "production" with a steady writer, follow it with a sandbox, and show it staying current
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SandboxCommand {
+    /// Create a sandbox following a source
+    Create(CreateArgs),
+    /// Show a sandbox's state, lag, retained WAL and tables
+    Status {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// List sandboxes
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Keep a sandbox current: apply the source's additive DDL, sync sequences, guard the source's WAL
+    Watch {
+        name: String,
+        /// Seconds between passes
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// One pass, then exit
+        #[arg(long)]
+        once: bool,
+    },
+    /// Delete a sandbox and everything it holds on the source
+    Delete {
+        name: String,
+        /// The source, when the sandbox's own record of it is lost
+        #[arg(long, env = "UNDERSTUDY_SOURCE", hide_env_values = true)]
+        source: Option<String>,
+        /// Remove the local sandbox even if the source cannot be reached (prints what stays there)
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Sandbox name: lowercase letters, digits and '-'
+    name: String,
+    /// The source's libpq connection string or URI (prefer the env var: arguments are visible to other users;
+    /// a missing password is taken from PGPASSWORD)
+    #[arg(long, env = "UNDERSTUDY_SOURCE", hide_env_values = true)]
+    source: String,
+    /// Replicate an existing publication
+    #[arg(long, conflicts_with_all = ["tables", "schema"])]
+    publication: Option<String>,
+    /// Replicate these tables (schema.table, comma-separated) in a publication Understudy creates
+    #[arg(long, value_delimiter = ',', conflicts_with = "schema")]
+    tables: Vec<String>,
+    /// Replicate every table of this schema in a publication Understudy creates
+    #[arg(long)]
+    schema: Option<String>,
+    /// Parallel copy workers
+    #[arg(long, default_value_t = default_jobs())]
+    jobs: usize,
+    /// Most WAL the slot may keep on the source before the breaker drops it (e.g. 512MiB, 8GiB)
+    #[arg(long, default_value = "4GiB", value_parser = parse_bytes)]
+    wal_budget: u64,
+    /// Do not draw progress
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Keep the clusters afterwards (prints how to connect)
+    #[arg(long)]
+    keep: bool,
+    /// Seconds to watch the sandbox follow the writer
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Rows in the demo's largest table
+    #[arg(long, default_value_t = 200_000)]
+    rows: i64,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512MiB or 8GiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    Ok((value * mult) as u64)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.verbose {
+        "understudy=debug,info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state_dir = StateDir::resolve(cli.state_dir.clone());
+    match runtime.block_on(run(cli, state_dir)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let bad_input = err.chain().any(|e| {
+                matches!(
+                    e.downcast_ref::<SandboxError>(),
+                    Some(
+                        SandboxError::Preflight(_)
+                            | SandboxError::Name(_)
+                            | SandboxError::NotFound { .. }
+                            | SandboxError::Exists { .. }
+                    )
+                ) || e
+                    .downcast_ref::<understudy::pg::conninfo::ConnInfoError>()
+                    .is_some()
+            });
+            if bad_input {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli, state_dir: StateDir) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sandbox(cmd) => sandbox_command(cmd, state_dir).await,
+        Command::Demo(args) => {
+            understudy::demo::run(understudy::demo::DemoOptions {
+                keep: args.keep,
+                watch_seconds: args.seconds,
+                rows: args.rows,
+                state_dir: cli.state_dir,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn source_from(text: &str) -> anyhow::Result<ConnInfo> {
+    let mut info = ConnInfo::parse(text)?;
+    if info.password().is_none()
+        && let Ok(password) = std::env::var("PGPASSWORD")
+    {
+        info.set("password", &password);
+    }
+    Ok(info)
+}
+
+async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SandboxCommand::Create(args) => {
+            let name = SandboxName::parse(&args.name).map_err(SandboxError::from)?;
+            let replicate = match (args.publication, args.tables.is_empty(), args.schema) {
+                (Some(p), true, None) => Replicate::Publication(p),
+                (None, false, None) => Replicate::Tables(
+                    args.tables
+                        .iter()
+                        .map(|t| QualifiedName::parse(t))
+                        .collect(),
+                ),
+                (None, true, Some(s)) => Replicate::Schema(s),
+                _ => anyhow::bail!(
+                    "say what to replicate: --publication NAME (an existing publication), --tables a,b or --schema NAME"
+                ),
+            };
+            let opts = sandbox::CreateOptions {
+                name: name.clone(),
+                source: source_from(&args.source)?,
+                replicate,
+                state_dir: state_dir.clone(),
+                jobs: args.jobs.max(1),
+                wal_budget_bytes: args.wal_budget,
+                progress: !args.no_progress,
+            };
+            let say = |line: &str| eprintln!("{line}");
+            let created = tokio::select! {
+                result = sandbox::create(&opts, &say) => result,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("interrupted; removing what was created");
+                    sandbox::delete(&state_dir, &name, None, false).await.ok();
+                    return Err(SandboxError::Interrupted.into());
+                }
+            };
+            let meta = created?;
+            let copy = meta.initial_copy.clone().unwrap_or_default();
+            println!(
+                "sandbox {} is ready: {} table(s), {} rows copied in {:.1}s (total {:.1}s); streaming from slot {}",
+                meta.name, copy.tables, copy.rows, copy.copy_seconds, copy.total_seconds, meta.slot
+            );
+            println!(
+                "keep it current with: understudy sandbox watch {}",
+                meta.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCommand::Status { name, format } => {
+            let name = SandboxName::parse(&name).map_err(SandboxError::from)?;
+            let st = sandbox::status(&state_dir, &name).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(match st.state {
+                SandboxState::Ready | SandboxState::InitialSync => ExitCode::SUCCESS,
+                _ => ExitCode::from(3),
+            })
+        }
+        SandboxCommand::List { format } => {
+            let mut rows = Vec::new();
+            for name in state_dir.sandbox_names() {
+                let dir = state_dir.sandbox_dir(&name);
+                match sandbox::SandboxMeta::load(&dir) {
+                    Ok(meta) => rows.push(serde_json::json!({
+                        "name": name.as_str(), "phase": meta.phase, "source": meta.source,
+                        "publication": meta.publication, "created_at": meta.created_at.to_string(),
+                    })),
+                    Err(e) => rows
+                        .push(serde_json::json!({"name": name.as_str(), "error": e.to_string()})),
+                }
+            }
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no sandboxes in {}", state_dir.root().display());
+            } else {
+                println!("{:<24} {:<13} {:<20} SOURCE", "NAME", "PHASE", "CREATED");
+                for r in rows {
+                    let field =
+                        |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+                    let phase = r
+                        .get("phase")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| field("error"));
+                    println!(
+                        "{:<24} {:<13} {:<20} {}",
+                        field("name"),
+                        phase,
+                        field("created_at").chars().take(19).collect::<String>(),
+                        field("source")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCommand::Watch {
+            name,
+            interval,
+            once,
+        } => {
+            let name = SandboxName::parse(&name).map_err(SandboxError::from)?;
+            let interval = Duration::from_secs_f64(interval.max(0.2));
+            loop {
+                let report = follow::follow_once(&state_dir, &name).await?;
+                for line in &report.applied {
+                    println!("applied: {line}");
+                }
+                for line in &report.pending {
+                    println!("drift (not applied): {line}");
+                }
+                if let Some(err) = &report.error {
+                    println!("error: {err}");
+                }
+                if once || report.breaker_tripped {
+                    return Ok(if report.error.is_some() || !report.pending.is_empty() {
+                        ExitCode::from(3)
+                    } else {
+                        ExitCode::SUCCESS
+                    });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+        SandboxCommand::Delete {
+            name,
+            source,
+            force,
+        } => {
+            let name = SandboxName::parse(&name).map_err(SandboxError::from)?;
+            let source = source.map(|s| source_from(&s)).transpose()?;
+            let report = sandbox::delete(&state_dir, &name, source, force)
+                .await
+                .context(format!("deleting sandbox {name}"))?;
+            for slot in &report.slots_dropped {
+                println!("dropped slot {slot} on the source");
+            }
+            if let Some(p) = &report.publication_dropped {
+                println!("dropped publication {p} on the source");
+            }
+            println!("sandbox {name} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_status(st: &sandbox::SandboxStatus) {
+    let state = serde_json::to_value(st.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!("sandbox {}: {state}", st.name);
+    for reason in &st.reasons {
+        println!("  ! {reason}");
+    }
+    println!("  source       {}", st.source);
+    println!("  publication  {}   slot {}", st.publication, st.slot);
+    println!(
+        "  sandbox      {} (server {})",
+        st.cluster,
+        if st.cluster_running {
+            "running"
+        } else {
+            "stopped"
+        }
+    );
+    println!(
+        "  apply        worker {}, {} error(s); received {}, confirmed {}",
+        if st.apply_worker_running {
+            "running"
+        } else {
+            "not running"
+        },
+        st.apply_error_count,
+        st.received_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into()),
+        st.applied_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    println!(
+        "  lag          {} bytes, {} s",
+        st.lag_bytes
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "?".into()),
+        st.lag_seconds
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or_else(|| "?".into())
+    );
+    println!(
+        "  source WAL   our slot keeps {} (wal_status {}), budget {}",
+        st.retained_wal_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "?".into()),
+        st.wal_status.clone().unwrap_or_else(|| "?".into()),
+        human_bytes(st.wal_budget_bytes)
+    );
+    println!("  tables       {}", st.tables.len());
+    for t in &st.tables {
+        println!("    {:<40} {}", t.table, t.state);
+    }
+    for d in &st.drift {
+        println!("  drift        {d}");
+    }
+    for w in &st.warnings {
+        println!("  warning      {w}");
+    }
+    if let Some(e) = &st.last_error {
+        println!("  last error   {} ({})", e.message, e.at);
+        println!("  fix          {}", e.fix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_bytes("8GiB"), Ok(8 * 1024 * 1024 * 1024));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+}

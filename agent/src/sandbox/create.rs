@@ -1,0 +1,295 @@
+//! `sandbox create`: preflight, then (with every source-side object recorded in the metadata *before* it is
+//! created, so that an interrupted or failed create can always be undone) the sandbox cluster, the publication if
+//! asked, the schema, the slot with its exported snapshot, the parallel copy, indexes, sequences and the
+//! subscription that streams from the slot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::state::{self, InitialCopy, Phase, SandboxMeta, StateDir};
+use super::{SandboxError, copy, delete, sandbox_cluster_config, schema, sequences};
+use crate::lsn::Lsn;
+use crate::pg::cluster::Cluster;
+use crate::pg::connect::connect_source;
+use crate::pg::os_user::RunAs;
+use crate::pg::tools::{ExportedSlot, Section};
+use crate::pg::{ConnInfo, PgBinaries, PgError, quote_ident, quote_literal};
+use crate::progress::{Progress, human_bytes};
+use crate::source::{self, Replicate, SandboxName, catalog, objects};
+
+/// What `sandbox create` needs.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub name: SandboxName,
+    pub source: ConnInfo,
+    pub replicate: Replicate,
+    pub state_dir: StateDir,
+    /// Parallel copy workers (and `pg_restore` jobs).
+    pub jobs: usize,
+    /// The most WAL our slot may keep on the source.
+    pub wal_budget_bytes: u64,
+    /// Draw progress on a terminal.
+    pub progress: bool,
+}
+
+/// Creates a sandbox. On failure everything created so far is removed (source objects first) and the error is
+/// returned.
+pub async fn create(
+    opts: &CreateOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<SandboxMeta, SandboxError> {
+    let dir = opts.state_dir.sandbox_dir(&opts.name);
+    if dir.exists() {
+        return Err(SandboxError::Exists {
+            name: opts.name.to_string(),
+            dir,
+        });
+    }
+    let bins = PgBinaries::locate()?;
+    let run_as = RunAs::detect()?;
+    let client = connect_source(&opts.source, "understudy").await?;
+    let checked = source::preflight::run(
+        &client,
+        &opts.replicate,
+        &opts.name.slot(),
+        &opts.name.publication(),
+        bins.major(),
+    )
+    .await??;
+    for warning in &checked.warnings {
+        say(&format!("warning: {warning}"));
+    }
+    say(&format!(
+        "preflight passed: {} table(s) to replicate as role {}",
+        checked.tables.len(),
+        checked.role
+    ));
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(PgError::sql("reading the source's database name"))?
+        .get(0);
+
+    opts.state_dir.prepare()?;
+    std::fs::create_dir(&dir)
+        .map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+    state::set_mode(&dir, 0o755)?;
+    let mut meta = SandboxMeta {
+        name: opts.name.clone(),
+        created_at: jiff::Timestamp::now(),
+        phase: Phase::InitialSync,
+        source: opts.source.redacted(),
+        replicate: opts.replicate.clone(),
+        database: database.clone(),
+        publication: checked.publication.clone(),
+        publication_owned: checked.create_publication.is_some(),
+        slot: opts.name.slot(),
+        subscription: opts.name.subscription(),
+        subscription_oid: None,
+        consistent_point: None,
+        cluster: sandbox_cluster_config(&dir),
+        wal_budget_bytes: opts.wal_budget_bytes,
+        initial_copy: None,
+        last_error: None,
+        pending_drift: Vec::new(),
+        warnings: checked.warnings.clone(),
+    };
+    let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
+    if let Err(e) = saved {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    let result = build(opts, &bins, run_as, &client, &checked, &mut meta, &dir, say).await;
+    match result {
+        Ok(()) => Ok(meta),
+        Err(err) => {
+            say(&format!(
+                "sandbox create failed; removing what it created: {err}"
+            ));
+            if let Err(cleanup) = delete::delete(&opts.state_dir, &opts.name, None, false).await {
+                say(&format!("cleanup also failed: {cleanup}"));
+            }
+            Err(err)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    opts: &CreateOptions,
+    bins: &PgBinaries,
+    run_as: RunAs,
+    client: &tokio_postgres::Client,
+    checked: &source::Preflight,
+    meta: &mut SandboxMeta,
+    dir: &std::path::Path,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), SandboxError> {
+    let started = Instant::now();
+    if let Some((tables, whole_schema)) = &checked.create_publication {
+        objects::create_publication(client, &meta.publication, tables, whole_schema.as_deref())
+            .await?;
+        say(&format!(
+            "created publication {} on the source",
+            meta.publication
+        ));
+    }
+    let tables = catalog::published_tables(client, &meta.publication).await?;
+    let table_names: Vec<_> = tables.iter().map(|t| t.name.clone()).collect();
+
+    let cluster = Cluster::init(bins.clone(), run_as, meta.cluster.clone()).await?;
+    cluster.start().await?;
+    let admin = cluster.connect("postgres").await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&meta.database)))
+        .await
+        .map_err(PgError::sql("creating the sandbox database"))?;
+    drop(admin);
+    let target = cluster.conninfo(&meta.database);
+    say(&format!(
+        "sandbox cluster initialised at {}",
+        meta.cluster.data_dir.display()
+    ));
+
+    let work: PathBuf = dir.join("work");
+    std::fs::create_dir_all(&work)
+        .map_err(|e| SandboxError::io(format!("creating {}", work.display()), e))?;
+    let exclude = catalog::relations_outside(client, &table_names).await?;
+    let leaving: Vec<_> = catalog::foreign_keys_leaving(client, &table_names)
+        .await?
+        .into_iter()
+        .map(|(t, c, _)| (t, c))
+        .collect();
+    let archive = schema::dump(bins, &opts.source, &exclude, &leaving, &work).await?;
+    schema::restore(bins, &archive, &target, Section::PreData, 1).await?;
+    let schema_seconds = started.elapsed().as_secs_f64();
+    say(&format!(
+        "schema restored (pre-data) in {schema_seconds:.1}s"
+    ));
+
+    // The slot: recorded as ours before it exists (the metadata already names it), created with an exported
+    // snapshot that every copy worker imports.
+    let slot = ExportedSlot::create(bins, &opts.source, &meta.slot).await?;
+    meta.consistent_point = Some(slot.consistent_point);
+    meta.save(dir)?;
+    say(&format!(
+        "created slot {} at {} on the source",
+        meta.slot, slot.consistent_point
+    ));
+
+    let copy_started = Instant::now();
+    let text_only = copy::text_only_tables(client, &tables).await?;
+    let chunks = copy::plan(&tables, &text_only, copy::CHUNK_BYTES);
+    let total_bytes: i64 = tables.iter().map(|t| t.bytes).sum();
+    let progress = Progress::start(
+        "initial copy",
+        chunks.len() as u64,
+        total_bytes.max(0) as u64,
+        opts.progress,
+    );
+    let copied = copy::run(
+        &opts.source,
+        &slot.snapshot,
+        &target,
+        chunks,
+        opts.jobs,
+        Arc::clone(&progress),
+    )
+    .await;
+    progress.finish();
+    let copied = copied?;
+    slot.release().await?;
+    let copy_seconds = copy_started.elapsed().as_secs_f64();
+    say(&format!(
+        "copied {} rows ({}) of {} table(s) in {copy_seconds:.1}s",
+        copied.rows,
+        human_bytes(copied.bytes),
+        tables.len()
+    ));
+
+    let index_started = Instant::now();
+    schema::restore(bins, &archive, &target, Section::PostData, opts.jobs).await?;
+    let indexes_seconds = index_started.elapsed().as_secs_f64();
+    say(&format!(
+        "indexes and constraints built in {indexes_seconds:.1}s"
+    ));
+    let _ = std::fs::remove_dir_all(&work);
+
+    let sandbox = cluster.connect(&meta.database).await?;
+    let seqs = sequences::sync(client, &sandbox).await?;
+    if !seqs.unreadable.is_empty() {
+        let names: Vec<String> = seqs.unreadable.iter().map(ToString::to_string).collect();
+        meta.warnings.push(format!(
+            "sequences not synced (no SELECT on the source): {}; GRANT SELECT ON SEQUENCE ... TO the source role",
+            names.join(", ")
+        ));
+    }
+    sandbox
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, \
+             slot_name = {}, streaming = on, enabled = true)",
+            quote_ident(&meta.subscription),
+            quote_literal(&opts.source.to_secret_string()),
+            quote_ident(&meta.publication),
+            quote_literal(&meta.slot),
+        ))
+        .await
+        .map_err(|e| SandboxError::Failed(format!("creating the subscription: {}", crate::pg::describe(&e))))?;
+    let oid: u32 = sandbox
+        .query_one(
+            "SELECT oid FROM pg_subscription WHERE subname = $1",
+            &[&meta.subscription],
+        )
+        .await
+        .map_err(PgError::sql("reading the subscription"))?
+        .get(0);
+    meta.subscription_oid = Some(oid);
+    meta.phase = Phase::Ready;
+    meta.initial_copy = Some(InitialCopy {
+        tables: tables.len(),
+        chunks: copied.chunks,
+        bytes: copied.bytes,
+        rows: copied.rows,
+        schema_seconds,
+        copy_seconds,
+        indexes_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+    });
+    meta.save(dir)?;
+    Ok(())
+}
+
+/// Waits until the sandbox has applied everything the source wrote up to `lsn` (tests, demos, forks).
+pub async fn wait_caught_up(
+    sandbox: &tokio_postgres::Client,
+    subscription: &str,
+    lsn: Lsn,
+    timeout: std::time::Duration,
+) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = sandbox
+            .query_opt(
+                "SELECT latest_end_lsn::text FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL",
+                &[&subscription],
+            )
+            .await
+            .map_err(PgError::sql("reading pg_stat_subscription"))?;
+        let applied: Option<Lsn> = row
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|t| t.parse().ok());
+        if applied.is_some_and(|a| a >= lsn) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::Failed(format!(
+                "the sandbox did not reach {lsn} within {timeout:?} (applied: {})",
+                applied
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "nothing".into())
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,148 @@
+//! `sandbox delete`: the sandbox's server is stopped first (so that its apply worker cannot take the slot again),
+//! then the slot, any tablesync slots of its subscription and the publication Understudy created are removed from
+//! the source, then the local directory. It works when the sandbox cluster is broken or its data directory was
+//! removed by hand: all it needs is the metadata, or the name and `--source`.
+
+use serde::Serialize;
+
+use super::state::{self, SandboxMeta, StateDir};
+use super::{SandboxError, cluster_of};
+use crate::pg::ConnInfo;
+use crate::pg::connect::connect_source;
+use crate::source::{SandboxName, objects};
+
+/// What `delete` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeleteReport {
+    pub slots_dropped: Vec<String>,
+    pub publication_dropped: Option<String>,
+    pub cluster_removed: bool,
+    pub directory_removed: bool,
+}
+
+/// Deletes sandbox `name`. `source_override` supplies the source when the local metadata is gone; `force`
+/// removes the local sandbox even when the source cannot be reached (and says what stays there).
+pub async fn delete(
+    state_dir: &StateDir,
+    name: &SandboxName,
+    source_override: Option<ConnInfo>,
+    force: bool,
+) -> Result<DeleteReport, SandboxError> {
+    let dir = state_dir.sandbox_dir(name);
+    let meta = SandboxMeta::load(&dir).ok();
+    let source = match source_override {
+        Some(s) => Some(s),
+        None => state::load_source(&dir).ok(),
+    };
+    if meta.is_none() && source.is_none() {
+        if dir.exists() {
+            return Err(SandboxError::Failed(format!(
+                "{} holds no readable metadata; pass --source CONNINFO so that the slot {} can be removed from \
+                 the source",
+                dir.display(),
+                name.slot()
+            )));
+        }
+        return Err(SandboxError::NotFound {
+            name: name.to_string(),
+            state_dir: state_dir.root().to_path_buf(),
+        });
+    }
+    let mut report = DeleteReport::default();
+
+    // 1. Stop the sandbox server so that nothing reconnects to the slot.
+    if let Some(meta) = &meta
+        && let Ok(cluster) = cluster_of(meta)
+    {
+        cluster.stop(crate::pg::StopMode::Immediate).await.ok();
+        if let Some(pid) = cluster.postmaster_pid()
+            && std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+
+    // 2. The source: our slot, our subscription's tablesync slots, our publication.
+    let slot = meta
+        .as_ref()
+        .map(|m| m.slot.clone())
+        .unwrap_or_else(|| name.slot());
+    let own_publication = match &meta {
+        Some(m) if m.publication_owned => Some(m.publication.clone()),
+        Some(_) => None,
+        None => Some(name.publication()),
+    };
+    let sync_prefix = meta
+        .as_ref()
+        .and_then(|m| m.subscription_oid)
+        .map(|oid| format!("pg\\_{oid}\\_sync\\_%"));
+    let source_result = match &source {
+        Some(source) => {
+            clean_source(
+                source,
+                &slot,
+                sync_prefix.as_deref(),
+                own_publication.as_deref(),
+                &mut report,
+            )
+            .await
+        }
+        None => Err(SandboxError::Failed(
+            "the source connection string is missing".into(),
+        )),
+    };
+    if let Err(err) = source_result {
+        if !force {
+            return Err(SandboxError::Failed(format!(
+                "could not clean the source, so the sandbox was kept for a retry: {err}. Run the delete again once \
+                 the source is reachable, or pass --force to remove the local sandbox anyway (then drop the slot by \
+                 hand: SELECT pg_drop_replication_slot('{slot}'){})",
+                own_publication
+                    .map(|p| format!("; DROP PUBLICATION {p}"))
+                    .unwrap_or_default()
+            )));
+        }
+        tracing::warn!(%err, "source not cleaned; removing the local sandbox anyway (--force)");
+    }
+
+    // 3. Local files.
+    if let Some(meta) = &meta
+        && let Ok(cluster) = cluster_of(meta)
+    {
+        report.cluster_removed = cluster.destroy().await.is_ok();
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
+        report.directory_removed = true;
+    }
+    Ok(report)
+}
+
+async fn clean_source(
+    source: &ConnInfo,
+    slot: &str,
+    sync_pattern: Option<&str>,
+    publication: Option<&str>,
+    report: &mut DeleteReport,
+) -> Result<(), SandboxError> {
+    let client = connect_source(source, "understudy").await?;
+    if objects::drop_slot(&client, slot).await? {
+        report.slots_dropped.push(slot.to_string());
+    }
+    if let Some(pattern) = sync_pattern {
+        for sync_slot in objects::slots_like(&client, pattern).await? {
+            if objects::drop_slot(&client, &sync_slot).await? {
+                report.slots_dropped.push(sync_slot);
+            }
+        }
+    }
+    if let Some(publication) = publication
+        && objects::drop_publication(&client, publication).await?
+    {
+        report.publication_dropped = Some(publication.to_string());
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Sandboxes: PostgreSQL clusters kept current with a source by native logical replication.
+//!
+//! - [`create`]: preflight, schema, fast snapshot copy tied to the slot, indexes after, subscription;
+//! - [`follow`]: the DDL follower, sequence sync and the WAL budget breaker (`sandbox watch`);
+//! - [`status`]: live state, lag, retained WAL, per-table sync state;
+//! - [`delete`]: removes everything, on the source first.
+
+pub mod copy;
+pub mod create;
+pub mod delete;
+pub mod follow;
+pub mod schema;
+pub mod sequences;
+pub mod state;
+pub mod status;
+
+use std::path::PathBuf;
+
+pub use create::{CreateOptions, create};
+pub use delete::{DeleteReport, delete};
+pub use state::{Phase, SandboxMeta, StateDir};
+pub use status::{SandboxState, SandboxStatus, status};
+
+use crate::pg::cluster::Cluster;
+use crate::pg::os_user::RunAs;
+use crate::pg::{ClusterConfig, PgBinaries, PgError};
+use crate::source::PreflightFailed;
+use crate::source::names::InvalidName;
+
+/// Errors of sandbox operations.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error(transparent)]
+    Preflight(#[from] PreflightFailed),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("no sandbox named {name} in {state_dir} (see `understudy sandbox list`)")]
+    NotFound { name: String, state_dir: PathBuf },
+    #[error(
+        "a sandbox named {name} already exists in {dir}; delete it first (`understudy sandbox delete {name}`)"
+    )]
+    Exists { name: String, dir: PathBuf },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt sandbox metadata: {0}")]
+    Corrupt(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SandboxError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        SandboxError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The cluster of a sandbox as recorded in its metadata.
+pub fn cluster_of(meta: &SandboxMeta) -> Result<Cluster, SandboxError> {
+    Ok(Cluster::open(
+        PgBinaries::locate()?,
+        RunAs::detect()?,
+        meta.cluster.clone(),
+    ))
+}
+
+/// The settings a sandbox cluster runs with.
+pub fn sandbox_cluster_config(dir: &std::path::Path) -> ClusterConfig {
+    ClusterConfig {
+        data_dir: dir.join("pgdata"),
+        socket_dir: dir.join("run"),
+        port: 5432,
+        listen_addresses: String::new(),
+        settings: vec![
+            ("max_sync_workers_per_subscription".into(), "2".into()),
+            ("wal_retrieve_retry_interval".into(), "1s".into()),
+            ("wal_receiver_status_interval".into(), "1s".into()),
+            ("max_wal_size".into(), "4GB".into()),
+            ("checkpoint_timeout".into(), "15min".into()),
+            ("maintenance_work_mem".into(), "256MB".into()),
+        ],
+    }
+}

@@ -1,0 +1,213 @@
+//! The state directory and a sandbox's metadata on disk.
+//!
+//! ```text
+//! <state>/sandboxes/<name>/sandbox.json     metadata (no secrets)
+//! <state>/sandboxes/<name>/source.conninfo  the source connection string, mode 0600
+//! <state>/sandboxes/<name>/pgdata/          the sandbox cluster (pgdata.log beside it)
+//! <state>/sandboxes/<name>/run/             its private Unix-socket directory
+//! <state>/sandboxes/<name>/work/            schema archives during creation
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::SandboxError;
+use crate::lsn::Lsn;
+use crate::pg::{ClusterConfig, ConnInfo};
+use crate::source::{Replicate, SandboxName};
+
+/// The root under which Understudy keeps sandboxes (and later forks).
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// `--state-dir`, else `$UNDERSTUDY_STATE_DIR` (clap reads both), else a per-user default: root uses
+    /// `/var/lib/understudy` (the unprivileged server user must reach it), others `$XDG_STATE_HOME/understudy` or
+    /// `~/.local/state/understudy`.
+    pub fn resolve(explicit: Option<PathBuf>) -> Self {
+        if let Some(root) = explicit {
+            return StateDir { root };
+        }
+        if crate::pg::os_user::running_as_root() {
+            return StateDir {
+                root: PathBuf::from("/var/lib/understudy"),
+            };
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        StateDir {
+            root: base.join("understudy"),
+        }
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn sandbox_dir(&self, name: &SandboxName) -> PathBuf {
+        self.root.join("sandboxes").join(name.as_str())
+    }
+
+    /// Names of the sandboxes present.
+    pub fn sandbox_names(&self) -> Vec<SandboxName> {
+        let mut names: Vec<SandboxName> = std::fs::read_dir(self.root.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| SandboxName::parse(e.file_name().to_str()?).ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Creates the directories leading to a sandbox, traversable by the server's OS user.
+    pub fn prepare(&self) -> Result<(), SandboxError> {
+        let dir = self.root.join("sandboxes");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+        for d in [&self.root, &dir] {
+            set_mode(d, 0o755)?;
+        }
+        Ok(())
+    }
+}
+
+/// The recorded phase of a sandbox (what the last command established; `status` adds live checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Created, initial copy running.
+    InitialSync,
+    /// Streaming.
+    Ready,
+    /// Streaming is blocked or the schema drifted in a way Understudy will not apply by itself.
+    Degraded,
+    /// The slot on the source is gone or was dropped by the WAL budget breaker: a new sandbox is needed.
+    Stale,
+}
+
+/// An error recorded for `status`, with its fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub message: String,
+    pub fix: String,
+    pub at: jiff::Timestamp,
+}
+
+/// Figures from the initial copy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InitialCopy {
+    pub tables: usize,
+    pub chunks: usize,
+    pub bytes: u64,
+    pub rows: u64,
+    pub schema_seconds: f64,
+    pub copy_seconds: f64,
+    pub indexes_seconds: f64,
+    pub total_seconds: f64,
+}
+
+/// `sandbox.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxMeta {
+    pub name: SandboxName,
+    pub created_at: jiff::Timestamp,
+    pub phase: Phase,
+    /// The source, password redacted.
+    pub source: String,
+    pub replicate: Replicate,
+    /// The database on the source, and of the same name on the sandbox.
+    pub database: String,
+    pub publication: String,
+    /// True when Understudy created the publication (and so removes it).
+    pub publication_owned: bool,
+    pub slot: String,
+    pub subscription: String,
+    pub subscription_oid: Option<u32>,
+    /// Where the slot started: the sandbox equals the source's snapshot at this point.
+    pub consistent_point: Option<Lsn>,
+    pub cluster: ClusterConfig,
+    /// The most WAL our slot may keep on the source before the breaker drops it.
+    pub wal_budget_bytes: u64,
+    #[serde(default)]
+    pub initial_copy: Option<InitialCopy>,
+    #[serde(default)]
+    pub last_error: Option<LastError>,
+    /// Source schema changes not applied (shown by `status`).
+    #[serde(default)]
+    pub pending_drift: Vec<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl SandboxMeta {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("sandbox.json")
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, SandboxError> {
+        let path = Self::path(dir);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| SandboxError::Corrupt(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes atomically (temp file + rename).
+    pub fn save(&self, dir: &Path) -> Result<(), SandboxError> {
+        let path = Self::path(dir);
+        let tmp = dir.join("sandbox.json.tmp");
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| SandboxError::Corrupt(e.to_string()))?;
+        std::fs::write(&tmp, text)
+            .map_err(|e| SandboxError::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))
+    }
+
+    pub fn record_error(&mut self, message: impl Into<String>, fix: impl Into<String>) {
+        self.last_error = Some(LastError {
+            message: message.into(),
+            fix: fix.into(),
+            at: jiff::Timestamp::now(),
+        });
+    }
+}
+
+/// Saves the source connection string (with its secret) readable by the owner only.
+pub fn save_source(dir: &Path, source: &ConnInfo) -> Result<(), SandboxError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("source.conninfo");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))?;
+    file.write_all(source.to_secret_string().as_bytes())
+        .map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))
+}
+
+pub fn load_source(dir: &Path) -> Result<ConnInfo, SandboxError> {
+    let path = dir.join("source.conninfo");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
+    ConnInfo::parse(&text).map_err(|e| SandboxError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| SandboxError::io(format!("setting the mode of {}", path.display()), e))
+}

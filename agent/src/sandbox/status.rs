@@ -1,0 +1,272 @@
+//! `sandbox status`: the recorded phase checked against live facts from the sandbox (apply worker, per-table sync
+//! state, apply errors) and from the source (our slot: lag, retained WAL, `wal_status`), plus a schema drift check.
+
+use serde::Serialize;
+
+use super::follow;
+use super::state::{LastError, Phase, SandboxMeta, StateDir};
+use super::{SandboxError, cluster_of};
+use crate::lsn::Lsn;
+use crate::pg::connect::connect_source;
+use crate::pg::{ClusterStatus, PgError};
+use crate::source::{SandboxName, objects};
+
+/// The state `status` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxState {
+    InitialSync,
+    Ready,
+    Degraded,
+    Stale,
+}
+
+/// One replicated table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSync {
+    pub table: String,
+    /// `ready`, `syncing`, `copying`, `initializing`, `finished-copy`, or `unknown`.
+    pub state: String,
+}
+
+/// The source's side of the sandbox: our slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSide {
+    pub reachable: bool,
+    pub slot: Option<objects::SlotInfo>,
+    /// Seconds the subscriber's confirmation trails the source (`pg_stat_replication.replay_lag`), when known.
+    pub lag_seconds: Option<f64>,
+}
+
+/// Everything `status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxStatus {
+    pub name: String,
+    pub state: SandboxState,
+    /// Why the state is not `ready`.
+    pub reasons: Vec<String>,
+    pub source: String,
+    pub publication: String,
+    pub slot: String,
+    pub cluster: String,
+    pub cluster_running: bool,
+    pub apply_worker_running: bool,
+    pub apply_error_count: i64,
+    pub received_lsn: Option<Lsn>,
+    pub applied_lsn: Option<Lsn>,
+    /// Bytes of WAL the sandbox has not confirmed (from the slot).
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    /// WAL our slot keeps on the source.
+    pub retained_wal_bytes: Option<u64>,
+    pub wal_status: Option<String>,
+    pub wal_budget_bytes: u64,
+    pub tables: Vec<TableSync>,
+    /// Schema changes on the source not (yet) on the sandbox.
+    pub drift: Vec<String>,
+    pub last_error: Option<LastError>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the status of sandbox `name`.
+pub async fn status(
+    state_dir: &StateDir,
+    name: &SandboxName,
+) -> Result<SandboxStatus, SandboxError> {
+    let dir = state_dir.sandbox_dir(name);
+    if !dir.exists() {
+        return Err(SandboxError::NotFound {
+            name: name.to_string(),
+            state_dir: state_dir.root().to_path_buf(),
+        });
+    }
+    let meta = SandboxMeta::load(&dir)?;
+    let mut reasons = Vec::new();
+    let cluster = cluster_of(&meta)?;
+    let cluster_running = matches!(cluster.status().await?, ClusterStatus::Running { .. });
+    let mut out = SandboxStatus {
+        name: name.to_string(),
+        state: match meta.phase {
+            Phase::InitialSync => SandboxState::InitialSync,
+            Phase::Ready => SandboxState::Ready,
+            Phase::Degraded => SandboxState::Degraded,
+            Phase::Stale => SandboxState::Stale,
+        },
+        reasons: Vec::new(),
+        source: meta.source.clone(),
+        publication: meta.publication.clone(),
+        slot: meta.slot.clone(),
+        cluster: cluster.conninfo(&meta.database),
+        cluster_running,
+        apply_worker_running: false,
+        apply_error_count: 0,
+        received_lsn: None,
+        applied_lsn: None,
+        lag_bytes: None,
+        lag_seconds: None,
+        retained_wal_bytes: None,
+        wal_status: None,
+        wal_budget_bytes: meta.wal_budget_bytes,
+        tables: Vec::new(),
+        drift: meta.pending_drift.clone(),
+        last_error: meta.last_error.clone(),
+        warnings: meta.warnings.clone(),
+    };
+    if !meta.pending_drift.is_empty() {
+        reasons.push(format!(
+            "{} schema change(s) on the source not applied",
+            meta.pending_drift.len()
+        ));
+    }
+
+    let mut sandbox_client = None;
+    if cluster_running {
+        match cluster.connect(&meta.database).await {
+            Ok(client) => {
+                read_sandbox(&client, &meta, &mut out).await?;
+                sandbox_client = Some(client);
+            }
+            Err(e) => reasons.push(format!(
+                "the sandbox server does not accept connections: {e}"
+            )),
+        }
+    } else {
+        reasons.push(format!(
+            "the sandbox server is not running (start it with `understudy sandbox watch {name}`, which restarts it)"
+        ));
+    }
+    if cluster_running && !out.apply_worker_running && meta.phase != Phase::Stale {
+        reasons.push(
+            "the apply worker is not running (see the sandbox log and last_error)".to_string(),
+        );
+    }
+    if out.tables.iter().any(|t| t.state != "ready") {
+        out.state = SandboxState::InitialSync;
+    }
+
+    let source_side = read_source(&dir, &meta).await;
+    match &source_side {
+        Ok(side) => {
+            match &side.slot {
+                Some(slot) => {
+                    out.lag_bytes = Some(slot.lag_bytes);
+                    out.retained_wal_bytes = Some(slot.retained_bytes);
+                    out.wal_status = slot.wal_status.clone();
+                    if slot.wal_status.as_deref() == Some("lost") {
+                        out.state = SandboxState::Stale;
+                        reasons.push("the source invalidated our slot (wal_status = lost)".into());
+                    } else if slot.retained_bytes > meta.wal_budget_bytes {
+                        reasons.push(format!(
+                            "our slot keeps {} bytes of WAL on the source, over the budget of {}",
+                            slot.retained_bytes, meta.wal_budget_bytes
+                        ));
+                    }
+                }
+                None if meta.phase != Phase::InitialSync => {
+                    out.state = SandboxState::Stale;
+                    reasons.push(format!("slot {} no longer exists on the source", meta.slot));
+                }
+                None => {}
+            }
+            out.lag_seconds = side.lag_seconds;
+            if let (Some(client), Ok(source)) =
+                (&sandbox_client, crate::sandbox::state::load_source(&dir))
+                && let Ok(src) = connect_source(&source, "understudy-status").await
+                && let Ok(diff) = follow::diff(&src, client, &meta.publication).await
+            {
+                for change in diff
+                    .iter()
+                    .filter(|c| !meta.pending_drift.contains(&c.describe()))
+                {
+                    out.drift.push(change.describe());
+                }
+            }
+        }
+        Err(e) => reasons.push(format!("the source cannot be reached: {e}")),
+    }
+    if out.state == SandboxState::Ready && !reasons.is_empty() {
+        out.state = SandboxState::Degraded;
+    }
+    if out.state == SandboxState::InitialSync
+        && meta.phase == Phase::Ready
+        && out.tables.iter().all(|t| t.state == "ready")
+    {
+        out.state = SandboxState::Ready;
+    }
+    out.reasons = reasons;
+    Ok(out)
+}
+
+async fn read_sandbox(
+    client: &tokio_postgres::Client,
+    meta: &SandboxMeta,
+    out: &mut SandboxStatus,
+) -> Result<(), SandboxError> {
+    let row = client
+        .query_opt(
+            "SELECT s.pid IS NOT NULL, s.received_lsn::text, s.latest_end_lsn::text, \
+                    coalesce(st.apply_error_count, 0) \
+             FROM pg_stat_subscription s LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.subid \
+             WHERE s.subname = $1 AND s.relid IS NULL",
+            &[&meta.subscription],
+        )
+        .await
+        .map_err(PgError::sql("reading pg_stat_subscription"))?;
+    if let Some(row) = row {
+        out.apply_worker_running = row.get(0);
+        out.received_lsn = row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok());
+        out.applied_lsn = row.get::<_, Option<String>>(2).and_then(|t| t.parse().ok());
+        out.apply_error_count = row.get(3);
+    }
+    let rows = client
+        .query(
+            "SELECT r.srrelid::regclass::text, r.srsubstate::text FROM pg_subscription_rel r \
+             JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1 ORDER BY 1",
+            &[&meta.subscription],
+        )
+        .await
+        .map_err(PgError::sql("reading pg_subscription_rel"))?;
+    out.tables = rows
+        .iter()
+        .map(|r| TableSync {
+            table: r.get(0),
+            state: match r.get::<_, String>(1).as_str() {
+                "r" => "ready",
+                "s" => "syncing",
+                "d" => "copying",
+                "i" => "initializing",
+                "f" => "finished-copy",
+                _ => "unknown",
+            }
+            .to_string(),
+        })
+        .collect();
+    Ok(())
+}
+
+async fn read_source(
+    dir: &std::path::Path,
+    meta: &SandboxMeta,
+) -> Result<SourceSide, SandboxError> {
+    let source = crate::sandbox::state::load_source(dir)?;
+    let client = connect_source(&source, "understudy-status").await?;
+    let slot = objects::slot_info(&client, &meta.slot).await?;
+    let lag_seconds = client
+        .query_opt(
+            "SELECT extract(epoch FROM coalesce(replay_lag, flush_lag, write_lag))::float8 FROM pg_stat_replication \
+             WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1",
+            &[&meta.subscription],
+        )
+        .await
+        .map_err(PgError::sql("reading pg_stat_replication"))?
+        .and_then(|r| r.get::<_, Option<f64>>(0));
+    let lag_seconds = match (&slot, lag_seconds) {
+        (Some(s), None) if s.active && s.lag_bytes == 0 => Some(0.0),
+        (_, lag) => lag,
+    };
+    Ok(SourceSide {
+        reachable: true,
+        slot,
+        lag_seconds,
+    })
+}

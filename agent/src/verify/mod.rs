@@ -1,0 +1,3 @@
+//! Verification: comparing the content of tables across servers.
+
+pub mod checksum;
