@@ -292,6 +292,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills (SIGKILL) any postmaster still running on this data directory, also when `postmaster.pid` is gone.
+    pub fn kill_strays(&self) {
+        let mut pids = postmasters_under(&self.config.data_dir);
+        pids.extend(self.postmaster_pid().filter(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)));
+        for pid in pids {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+
     /// A libpq connection string for `dbname` as the superuser, over the Unix socket.
     pub fn conninfo(&self, dbname: &str) -> String {
         format!(
@@ -360,6 +369,29 @@ impl Cluster {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Pids of postmasters whose data directory (`-D`) lies under `root`, found from `/proc/*/cmdline`: the way to
+/// find a server whose `postmaster.pid` (or whole data directory) was removed by hand.
+pub fn postmasters_under(root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_postgres = args.first().is_some_and(|a| a.ends_with(b"/postgres") || *a == b"postgres");
+        if !is_postgres {
+            continue;
+        }
+        let under = args.windows(2).any(|w| {
+            w[0] == b"-D" && Path::new(std::str::from_utf8(w[1]).unwrap_or("")).starts_with(root)
+        });
+        if under && !is_zombie(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.

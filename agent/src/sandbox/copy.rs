@@ -15,8 +15,14 @@ use crate::pg::{ConnInfo, PgError, QualifiedName, quote_ident, quote_literal};
 use crate::progress::Progress;
 use crate::source::PublishedTable;
 
-/// Tables larger than this are split into block ranges of about this size.
-pub const CHUNK_BYTES: i64 = 64 * 1024 * 1024;
+/// Tables larger than the chunk size are split into block ranges of about that size.
+pub const MAX_CHUNK_BYTES: i64 = 64 * 1024 * 1024;
+pub const MIN_CHUNK_BYTES: i64 = 8 * 1024 * 1024;
+
+/// A chunk size that gives each worker about four chunks, so that the workers finish together.
+pub fn chunk_bytes(total_bytes: i64, jobs: usize) -> i64 {
+    (total_bytes / (jobs.max(1) as i64 * 4)).clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
+}
 const BLOCK_SIZE: i64 = 8192;
 
 /// One unit of copy work.
@@ -291,7 +297,7 @@ mod tests {
         let chunks = plan(
             &[table("big", 200 * 1024 * 1024), table("small", 1000)],
             &[],
-            CHUNK_BYTES,
+            MAX_CHUNK_BYTES,
         );
         let big: Vec<&Chunk> = chunks.iter().filter(|c| c.table.name == "big").collect();
         assert_eq!(big.len(), 4);
@@ -318,7 +324,7 @@ mod tests {
         let mut c = plan(
             &[table("t", 10)],
             &[QualifiedName::new("public", "t")],
-            CHUNK_BYTES,
+            MAX_CHUNK_BYTES,
         )
         .remove(0);
         assert_eq!(

@@ -55,13 +55,10 @@ pub async fn delete(
         && let Ok(cluster) = cluster_of(meta)
     {
         cluster.stop(crate::pg::StopMode::Immediate).await.ok();
-        if let Some(pid) = cluster.postmaster_pid()
-            && std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
+        cluster.kill_strays();
+    }
+    for pid in crate::pg::cluster::postmasters_under(&dir) {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
 
     // 2. The source: our slot, our subscription's tablesync slots, our publication.

@@ -1,0 +1,127 @@
+//! The test harness: real PostgreSQL servers started by the library's own launcher in temporary directories,
+//! torn down afterwards.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use understudy::demo::source::SourceServer;
+use understudy::pg::QualifiedName;
+use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
+use understudy::source::{Replicate, SandboxName};
+use understudy::verify::checksum;
+
+/// A temporary directory the server's OS user can reach, removed on drop.
+pub struct TempRoot(pub PathBuf);
+
+impl TempRoot {
+    pub fn new(label: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("us-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp root");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp root");
+        TempRoot(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn state(&self) -> StateDir {
+        StateDir::at(self.0.join("state"))
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        // Stop any server still running under this root before removing it.
+        for pid in understudy::pg::cluster::postmasters_under(&self.0) {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A source with the sample schema (`rows` orders) published as `shop_pub`.
+pub async fn sample_source(root: &TempRoot, rows: i64) -> SourceServer {
+    let source = SourceServer::start(&root.path().join("source"), "shop", &[]).await.expect("start source");
+    source.load_sample(rows, "shop_pub").await.expect("load sample");
+    source
+}
+
+pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replicate: Replicate) -> CreateOptions {
+    CreateOptions {
+        name: SandboxName::parse(name).expect("valid name"),
+        source: source.replicator_conninfo(),
+        replicate,
+        state_dir: root.state(),
+        jobs: 2,
+        wal_budget_bytes: 1 << 30,
+        progress: false,
+    }
+}
+
+pub fn quiet(_: &str) {}
+
+pub fn sample_tables() -> Vec<QualifiedName> {
+    ["customers", "orders", "events"].iter().map(|t| QualifiedName::new("public", *t)).collect()
+}
+
+/// Waits until the sandbox has confirmed the source's current WAL position.
+pub async fn wait_caught_up(source: &SourceServer, meta: &SandboxMeta) {
+    let admin = source.admin().await.expect("source admin");
+    let target: String = admin.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
+    let sandbox_db = sandbox::cluster_of(meta).expect("cluster").connect(&meta.database).await.expect("connect sandbox");
+    sandbox::create::wait_caught_up(&sandbox_db, &meta.subscription, target.parse().expect("lsn"), Duration::from_secs(90))
+        .await
+        .expect("sandbox catches up");
+}
+
+/// Asserts that every table has the same row count and checksum on the source and the sandbox.
+pub async fn assert_parity(source: &SourceServer, meta: &SandboxMeta, tables: &[QualifiedName]) {
+    let admin = source.admin().await.expect("source admin");
+    let sandbox_db = sandbox::cluster_of(meta).expect("cluster").connect(&meta.database).await.expect("connect sandbox");
+    let a = checksum::checksums(&admin, tables).await.expect("source checksums");
+    let b = checksum::checksums(&sandbox_db, tables).await.expect("sandbox checksums");
+    assert_eq!(a, b, "source and sandbox differ");
+    assert!(a.iter().all(|c| c.rows > 0), "tables must not be empty: {a:?}");
+}
+
+/// Slots and publications of ours (`understudy_%`) on the source.
+pub async fn our_objects(source: &SourceServer) -> (Vec<String>, Vec<String>) {
+    let admin = source.admin().await.expect("source admin");
+    let slots = admin
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'understudy%' OR slot_name LIKE 'pg\\_%\\_sync\\_%'", &[])
+        .await
+        .expect("slots")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let pubs = admin
+        .query("SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'understudy%'", &[])
+        .await
+        .expect("publications")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (slots, pubs)
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
