@@ -207,13 +207,20 @@ async fn run(cli: Cli, state_dir: StateDir) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sandbox(cmd) => sandbox_command(cmd, state_dir).await,
         Command::Demo(args) => {
-            understudy::demo::run(understudy::demo::DemoOptions {
+            let outcome = understudy::demo::run(understudy::demo::DemoOptions {
                 keep: args.keep,
                 watch_seconds: args.seconds,
                 rows: args.rows,
                 state_dir: cli.state_dir,
             })
             .await?;
+            if outcome.tables_equal != outcome.tables_total {
+                anyhow::bail!(
+                    "the sandbox did not end equal to production: {}/{} tables equal",
+                    outcome.tables_equal,
+                    outcome.tables_total
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -17,22 +17,42 @@ async fn copy_under_writes_then_streaming_keeps_parity() {
     let source = sample_source(&root, 60_000).await;
     // Writes flow during the whole initial copy and afterwards.
     let writer = Writer::start(source.admin().await.expect("writer connection"), 0);
-    let opts = create_options(&root, &source, "parity", Replicate::Publication("shop_pub".into()));
-    let meta = sandbox::create(&opts, &quiet).await.expect("create sandbox");
+    let opts = create_options(
+        &root,
+        &source,
+        "parity",
+        Replicate::Publication("shop_pub".into()),
+    );
+    let meta = sandbox::create(&opts, &quiet)
+        .await
+        .expect("create sandbox");
     let copy = meta.initial_copy.clone().expect("copy figures");
     assert_eq!(copy.tables, 3);
-    assert!(copy.rows >= 60_000 + 6_000 + 6_000, "copied {} rows", copy.rows);
+    assert!(
+        copy.rows >= 60_000 + 6_000 + 6_000,
+        "copied {} rows",
+        copy.rows
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let written = writer.stop().await.expect("writer");
-    assert!(written > 100, "the writer must have written during the test, wrote {written}");
+    assert!(
+        written > 100,
+        "the writer must have written during the test, wrote {written}"
+    );
     wait_caught_up(&source, &meta).await;
     assert_parity(&source, &meta, &sample_tables()).await;
 
-    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
+    let st = sandbox::status(&opts.state_dir, &opts.name)
+        .await
+        .expect("status");
     assert_eq!(st.state, SandboxState::Ready, "reasons: {:?}", st.reasons);
     assert!(st.apply_worker_running);
     assert_eq!(st.tables.len(), 3);
-    assert!(st.tables.iter().all(|t| t.state == "ready"), "{:?}", st.tables);
+    assert!(
+        st.tables.iter().all(|t| t.state == "ready"),
+        "{:?}",
+        st.tables
+    );
     assert_eq!(st.wal_status.as_deref(), Some("reserved"));
     assert!(st.retained_wal_bytes.is_some());
     assert!(st.drift.is_empty(), "{:?}", st.drift);
@@ -41,16 +61,35 @@ async fn copy_under_writes_then_streaming_keeps_parity() {
 
     // The sandbox's sequences follow the source's.
     let admin = source.admin().await.expect("admin");
-    let sandbox_db = sandbox::cluster_of(&meta).expect("cluster").connect("shop").await.expect("sandbox");
-    understudy::sandbox::follow::follow_once(&opts.state_dir, &opts.name).await.expect("follow");
-    let src_seq: i64 = admin.query_one("SELECT last_value FROM orders_id_seq", &[]).await.expect("seq").get(0);
-    let dst_seq: i64 = sandbox_db.query_one("SELECT last_value FROM orders_id_seq", &[]).await.expect("seq").get(0);
+    let sandbox_db = sandbox::cluster_of(&meta)
+        .expect("cluster")
+        .connect("shop")
+        .await
+        .expect("sandbox");
+    understudy::sandbox::follow::follow_once(&opts.state_dir, &opts.name)
+        .await
+        .expect("follow");
+    let src_seq: i64 = admin
+        .query_one("SELECT last_value FROM orders_id_seq", &[])
+        .await
+        .expect("seq")
+        .get(0);
+    let dst_seq: i64 = sandbox_db
+        .query_one("SELECT last_value FROM orders_id_seq", &[])
+        .await
+        .expect("seq")
+        .get(0);
     assert_eq!(src_seq, dst_seq);
 
     let (slots, pubs) = our_objects(&source).await;
     assert_eq!(slots, vec!["understudy_parity".to_string()]);
-    assert!(pubs.is_empty(), "an existing publication was used: {pubs:?}");
-    sandbox::delete(&opts.state_dir, &opts.name, None, false).await.expect("delete");
+    assert!(
+        pubs.is_empty(),
+        "an existing publication was used: {pubs:?}"
+    );
+    sandbox::delete(&opts.state_dir, &opts.name, None, false)
+        .await
+        .expect("delete");
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
     assert!(!opts.state_dir.sandbox_dir(&opts.name).exists());
 }
@@ -73,7 +112,10 @@ async fn tables_mode_creates_and_removes_its_own_publication_and_splits_large_ta
         &root,
         &source,
         "tables",
-        Replicate::Tables(vec![QualifiedName::parse("public.orders"), QualifiedName::parse("customers")]),
+        Replicate::Tables(vec![
+            QualifiedName::parse("public.orders"),
+            QualifiedName::parse("customers"),
+        ]),
     );
     opts.source = source.conninfo_as("owner_role", "owner-pw");
     let writer = Writer::start(source.admin().await.expect("writer"), 0);
@@ -83,11 +125,26 @@ async fn tables_mode_creates_and_removes_its_own_publication_and_splits_large_ta
     assert_eq!(meta.publication, "understudy_tables");
     let copy = meta.initial_copy.clone().expect("copy");
     assert_eq!(copy.tables, 2);
-    assert!(copy.chunks > 2, "orders (>64 MiB? {} bytes copied) should be split: {} chunks", copy.bytes, copy.chunks);
+    assert!(
+        copy.chunks > 2,
+        "orders (>64 MiB? {} bytes copied) should be split: {} chunks",
+        copy.bytes,
+        copy.chunks
+    );
     let (_, pubs) = our_objects(&source).await;
     assert_eq!(pubs, vec!["understudy_tables".to_string()]);
     wait_caught_up(&source, &meta).await;
-    assert_parity(&source, &meta, &[QualifiedName::parse("orders"), QualifiedName::parse("customers")]).await;
-    sandbox::delete(&opts.state_dir, &opts.name, None, false).await.expect("delete");
+    assert_parity(
+        &source,
+        &meta,
+        &[
+            QualifiedName::parse("orders"),
+            QualifiedName::parse("customers"),
+        ],
+    )
+    .await;
+    sandbox::delete(&opts.state_dir, &opts.name, None, false)
+        .await
+        .expect("delete");
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
 }

@@ -180,11 +180,34 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the server and waits until it accepts connections.
+    /// Starts the server and waits until it accepts connections. After a crash (`kill -9` of the postmaster) the
+    /// old server's processes may still hold the lock file or shared memory for a moment: start is retried for
+    /// up to 15 s in that case.
     pub async fn start(&self) -> Result<(), PgError> {
-        if let ClusterStatus::Running { .. } = self.status().await? {
-            return Ok(());
+        let mut attempts = 0;
+        loop {
+            if let ClusterStatus::Running { .. } = self.status().await? {
+                return Ok(());
+            }
+            match self.start_once().await {
+                Ok(()) => return Ok(()),
+                Err(PgError::Tool { stderr, .. })
+                    if attempts < 30
+                        && (stderr.contains("lock file \"postmaster.pid\" already exists")
+                            || stderr.contains("pre-existing shared memory block")) =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    async fn start_once(&self) -> Result<(), PgError> {
+        let log_len = std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         let out = self
             .run_as
             .command(&self.bins.tool("pg_ctl"))
@@ -201,10 +224,14 @@ impl Cluster {
         if !out.status.success() {
             let mut err = tool_error("pg_ctl start", &out);
             if let PgError::Tool { stderr, .. } = &mut err {
+                let log = std::fs::read(self.log_path()).unwrap_or_default();
+                let fresh =
+                    String::from_utf8_lossy(log.get(log_len as usize..).unwrap_or_default());
+                let tail: Vec<&str> = fresh.lines().collect();
                 stderr.push_str(&format!(
                     "\nserver log ({}):\n{}",
                     self.log_path().display(),
-                    self.log_tail(20)
+                    tail[tail.len().saturating_sub(20)..].join("\n")
                 ));
             }
             return Err(err);
@@ -295,9 +322,14 @@ impl Cluster {
     /// Kills (SIGKILL) any postmaster still running on this data directory, also when `postmaster.pid` is gone.
     pub fn kill_strays(&self) {
         let mut pids = postmasters_under(&self.config.data_dir);
-        pids.extend(self.postmaster_pid().filter(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)));
+        pids.extend(
+            self.postmaster_pid()
+                .filter(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)),
+        );
         for pid in pids {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         }
     }
 
@@ -374,13 +406,25 @@ impl Cluster {
 /// Pids of postmasters whose data directory (`-D`) lies under `root`, found from `/proc/*/cmdline`: the way to
 /// find a server whose `postmaster.pid` (or whole data directory) was removed by hand.
 pub fn postmasters_under(root: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut pids = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_postgres = args.first().is_some_and(|a| a.ends_with(b"/postgres") || *a == b"postgres");
+        let is_postgres = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"/postgres") || *a == b"postgres");
         if !is_postgres {
             continue;
         }

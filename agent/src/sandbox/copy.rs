@@ -76,7 +76,7 @@ pub fn plan(
             start = end;
         }
     }
-    chunks.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    chunks.sort_by_key(|c| std::cmp::Reverse(c.bytes));
     chunks
 }
 

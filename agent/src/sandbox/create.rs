@@ -181,7 +181,11 @@ async fn build(
     let copy_started = Instant::now();
     let text_only = copy::text_only_tables(client, &tables).await?;
     let total_bytes: i64 = tables.iter().map(|t| t.bytes).sum();
-    let chunks = copy::plan(&tables, &text_only, copy::chunk_bytes(total_bytes, opts.jobs));
+    let chunks = copy::plan(
+        &tables,
+        &text_only,
+        copy::chunk_bytes(total_bytes, opts.jobs),
+    );
     let progress = Progress::start(
         "initial copy",
         chunks.len() as u64,

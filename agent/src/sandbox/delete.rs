@@ -58,7 +58,9 @@ pub async fn delete(
         cluster.kill_strays();
     }
     for pid in crate::pg::cluster::postmasters_under(&dir) {
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
     }
 
     // 2. The source: our slot, our subscription's tablesync slots, our publication.

@@ -22,7 +22,8 @@ impl TempRoot {
         let path = std::env::temp_dir().join(format!("us-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp root");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp root");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp root");
         TempRoot(path)
     }
 
@@ -39,7 +40,9 @@ impl Drop for TempRoot {
     fn drop(&mut self) {
         // Stop any server still running under this root before removing it.
         for pid in understudy::pg::cluster::postmasters_under(&self.0) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -47,12 +50,22 @@ impl Drop for TempRoot {
 
 /// A source with the sample schema (`rows` orders) published as `shop_pub`.
 pub async fn sample_source(root: &TempRoot, rows: i64) -> SourceServer {
-    let source = SourceServer::start(&root.path().join("source"), "shop", &[]).await.expect("start source");
-    source.load_sample(rows, "shop_pub").await.expect("load sample");
+    let source = SourceServer::start(&root.path().join("source"), "shop", &[])
+        .await
+        .expect("start source");
+    source
+        .load_sample(rows, "shop_pub")
+        .await
+        .expect("load sample");
     source
 }
 
-pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replicate: Replicate) -> CreateOptions {
+pub fn create_options(
+    root: &TempRoot,
+    source: &SourceServer,
+    name: &str,
+    replicate: Replicate,
+) -> CreateOptions {
     CreateOptions {
         name: SandboxName::parse(name).expect("valid name"),
         source: source.replicator_conninfo(),
@@ -67,27 +80,54 @@ pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replic
 pub fn quiet(_: &str) {}
 
 pub fn sample_tables() -> Vec<QualifiedName> {
-    ["customers", "orders", "events"].iter().map(|t| QualifiedName::new("public", *t)).collect()
+    ["customers", "orders", "events"]
+        .iter()
+        .map(|t| QualifiedName::new("public", *t))
+        .collect()
 }
 
 /// Waits until the sandbox has confirmed the source's current WAL position.
 pub async fn wait_caught_up(source: &SourceServer, meta: &SandboxMeta) {
     let admin = source.admin().await.expect("source admin");
-    let target: String = admin.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
-    let sandbox_db = sandbox::cluster_of(meta).expect("cluster").connect(&meta.database).await.expect("connect sandbox");
-    sandbox::create::wait_caught_up(&sandbox_db, &meta.subscription, target.parse().expect("lsn"), Duration::from_secs(90))
+    let target: String = admin
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
-        .expect("sandbox catches up");
+        .expect("lsn")
+        .get(0);
+    let sandbox_db = sandbox::cluster_of(meta)
+        .expect("cluster")
+        .connect(&meta.database)
+        .await
+        .expect("connect sandbox");
+    sandbox::create::wait_caught_up(
+        &sandbox_db,
+        &meta.subscription,
+        target.parse().expect("lsn"),
+        Duration::from_secs(90),
+    )
+    .await
+    .expect("sandbox catches up");
 }
 
 /// Asserts that every table has the same row count and checksum on the source and the sandbox.
 pub async fn assert_parity(source: &SourceServer, meta: &SandboxMeta, tables: &[QualifiedName]) {
     let admin = source.admin().await.expect("source admin");
-    let sandbox_db = sandbox::cluster_of(meta).expect("cluster").connect(&meta.database).await.expect("connect sandbox");
-    let a = checksum::checksums(&admin, tables).await.expect("source checksums");
-    let b = checksum::checksums(&sandbox_db, tables).await.expect("sandbox checksums");
+    let sandbox_db = sandbox::cluster_of(meta)
+        .expect("cluster")
+        .connect(&meta.database)
+        .await
+        .expect("connect sandbox");
+    let a = checksum::checksums(&admin, tables)
+        .await
+        .expect("source checksums");
+    let b = checksum::checksums(&sandbox_db, tables)
+        .await
+        .expect("sandbox checksums");
     assert_eq!(a, b, "source and sandbox differ");
-    assert!(a.iter().all(|c| c.rows > 0), "tables must not be empty: {a:?}");
+    assert!(
+        a.iter().all(|c| c.rows > 0),
+        "tables must not be empty: {a:?}"
+    );
 }
 
 /// Slots and publications of ours (`understudy_%`) on the source.
@@ -101,7 +141,10 @@ pub async fn our_objects(source: &SourceServer) -> (Vec<String>, Vec<String>) {
         .map(|r| r.get(0))
         .collect();
     let pubs = admin
-        .query("SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'understudy%'", &[])
+        .query(
+            "SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'understudy%'",
+            &[],
+        )
         .await
         .expect("publications")
         .iter()
