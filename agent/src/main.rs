@@ -130,9 +130,7 @@ fn default_jobs() -> usize {
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -144,9 +142,7 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB)"
-            ));
+            return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB)"));
         }
     };
     Ok((value * mult) as u64)
@@ -154,11 +150,7 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose {
-        "understudy=debug,info"
-    } else {
-        "warn"
-    };
+    let filter = if cli.verbose { "understudy=debug,info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -166,10 +158,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -190,9 +179,7 @@ fn main() -> ExitCode {
                             | SandboxError::NotFound { .. }
                             | SandboxError::Exists { .. }
                     )
-                ) || e
-                    .downcast_ref::<understudy::pg::conninfo::ConnInfoError>()
-                    .is_some()
+                ) || e.downcast_ref::<understudy::pg::conninfo::ConnInfoError>().is_some()
             });
             if bad_input {
                 ExitCode::from(2)
@@ -242,12 +229,7 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
             let name = SandboxName::parse(&args.name).map_err(SandboxError::from)?;
             let replicate = match (args.publication, args.tables.is_empty(), args.schema) {
                 (Some(p), true, None) => Replicate::Publication(p),
-                (None, false, None) => Replicate::Tables(
-                    args.tables
-                        .iter()
-                        .map(|t| QualifiedName::parse(t))
-                        .collect(),
-                ),
+                (None, false, None) => Replicate::Tables(args.tables.iter().map(|t| QualifiedName::parse(t)).collect()),
                 (None, true, Some(s)) => Replicate::Schema(s),
                 _ => anyhow::bail!(
                     "say what to replicate: --publication NAME (an existing publication), --tables a,b or --schema NAME"
@@ -277,10 +259,7 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
                 "sandbox {} is ready: {} table(s), {} rows copied in {:.1}s (total {:.1}s); streaming from slot {}",
                 meta.name, copy.tables, copy.rows, copy.copy_seconds, copy.total_seconds, meta.slot
             );
-            println!(
-                "keep it current with: understudy sandbox watch {}",
-                meta.name
-            );
+            println!("keep it current with: understudy sandbox watch {}", meta.name);
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Status { name, format } => {
@@ -305,8 +284,7 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
                         "name": name.as_str(), "phase": meta.phase, "source": meta.source,
                         "publication": meta.publication, "created_at": meta.created_at.to_string(),
                     })),
-                    Err(e) => rows
-                        .push(serde_json::json!({"name": name.as_str(), "error": e.to_string()})),
+                    Err(e) => rows.push(serde_json::json!({"name": name.as_str(), "error": e.to_string()})),
                 }
             }
             if format == Format::Json {
@@ -316,8 +294,7 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
             } else {
                 println!("{:<24} {:<13} {:<20} SOURCE", "NAME", "PHASE", "CREATED");
                 for r in rows {
-                    let field =
-                        |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+                    let field = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
                     let phase = r
                         .get("phase")
                         .and_then(|v| v.as_str())
@@ -334,11 +311,7 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
             }
             Ok(ExitCode::SUCCESS)
         }
-        SandboxCommand::Watch {
-            name,
-            interval,
-            once,
-        } => {
+        SandboxCommand::Watch { name, interval, once } => {
             let name = SandboxName::parse(&name).map_err(SandboxError::from)?;
             let interval = Duration::from_secs_f64(interval.max(0.2));
             loop {
@@ -365,11 +338,7 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
                 }
             }
         }
-        SandboxCommand::Delete {
-            name,
-            source,
-            force,
-        } => {
+        SandboxCommand::Delete { name, source, force } => {
             let name = SandboxName::parse(&name).map_err(SandboxError::from)?;
             let source = source.map(|s| source_from(&s)).transpose()?;
             let report = sandbox::delete(&state_dir, &name, source, force)
@@ -401,11 +370,7 @@ fn print_status(st: &sandbox::SandboxStatus) {
     println!(
         "  sandbox      {} (server {})",
         st.cluster,
-        if st.cluster_running {
-            "running"
-        } else {
-            "stopped"
-        }
+        if st.cluster_running { "running" } else { "stopped" }
     );
     println!(
         "  apply        worker {}, {} error(s); received {}, confirmed {}",
@@ -415,27 +380,17 @@ fn print_status(st: &sandbox::SandboxStatus) {
             "not running"
         },
         st.apply_error_count,
-        st.received_lsn
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "-".into()),
-        st.applied_lsn
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "-".into()),
+        st.received_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+        st.applied_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
     );
     println!(
         "  lag          {} bytes, {} s",
-        st.lag_bytes
-            .map(|b| b.to_string())
-            .unwrap_or_else(|| "?".into()),
-        st.lag_seconds
-            .map(|s| format!("{s:.2}"))
-            .unwrap_or_else(|| "?".into())
+        st.lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "?".into()),
+        st.lag_seconds.map(|s| format!("{s:.2}")).unwrap_or_else(|| "?".into())
     );
     println!(
         "  source WAL   our slot keeps {} (wal_status {}), budget {}",
-        st.retained_wal_bytes
-            .map(human_bytes)
-            .unwrap_or_else(|| "?".into()),
+        st.retained_wal_bytes.map(human_bytes).unwrap_or_else(|| "?".into()),
         st.wal_status.clone().unwrap_or_else(|| "?".into()),
         human_bytes(st.wal_budget_bytes)
     );

@@ -24,10 +24,7 @@ fn demo_runs_end_to_end_and_cleans_up() {
         stdout.contains("follower applied to the sandbox: new column public.orders.coupon text"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("0 Understudy slot(s) left on production"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("0 Understudy slot(s) left on production"), "{stdout}");
     assert!(
         !root.path().join("demo").exists(),
         "the demo must clean up after itself"
@@ -57,11 +54,7 @@ fn ci_runs_exactly_the_test_command_printed_in_the_readme() {
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
         .collect();
-    assert_eq!(
-        commands.len(),
-        2,
-        "README opens with two commands: {commands:?}"
-    );
+    assert_eq!(commands.len(), 2, "README opens with two commands: {commands:?}");
     assert!(
         commands[0].contains("demo"),
         "the first command runs the demo: {}",

@@ -17,12 +17,7 @@ use understudy::source::Replicate;
 async fn additive_ddl_under_writes_is_followed_with_no_lost_rows() {
     let root = TempRoot::new("ddl");
     let source = sample_source(&root, 20_000).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "ddl",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let opts = create_options(&root, &source, "ddl", Replicate::Publication("shop_pub".into()));
     let meta = sandbox::create(&opts, &quiet).await.expect("create");
     let admin = source.admin().await.expect("admin");
     let writer = Writer::start(source.admin().await.expect("writer"), 300);
@@ -48,17 +43,13 @@ async fn additive_ddl_under_writes_is_followed_with_no_lost_rows() {
         .expect("new table");
     // Rows written into the new table after it joined the publication.
     admin
-        .batch_execute(
-            "INSERT INTO refunds (order_id, cents) SELECT g, 1 FROM generate_series(501, 600) g",
-        )
+        .batch_execute("INSERT INTO refunds (order_id, cents) SELECT g, 1 FROM generate_series(501, 600) g")
         .await
         .expect("more refunds");
 
     let mut applied = Vec::new();
     for _ in 0..10 {
-        let report = follow::follow_once(&opts.state_dir, &opts.name)
-            .await
-            .expect("follow");
+        let report = follow::follow_once(&opts.state_dir, &opts.name).await.expect("follow");
         applied.extend(report.applied);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -69,26 +60,17 @@ async fn additive_ddl_under_writes_is_followed_with_no_lost_rows() {
         "new table public.refunds in the publication",
         "new index orders_coupon_idx on public.orders",
     ] {
-        assert!(
-            applied.iter().any(|a| a == expected),
-            "{expected:?} not in {applied:?}"
-        );
+        assert!(applied.iter().any(|a| a == expected), "{expected:?} not in {applied:?}");
     }
     let sandbox_db = sandbox::cluster_of(&meta)
         .expect("cluster")
         .connect("shop")
         .await
         .expect("sandbox");
-    eventually(
-        Duration::from_secs(60),
-        "the new table's initial copy",
-        || async {
-            let st = sandbox::status(&opts.state_dir, &opts.name)
-                .await
-                .expect("status");
-            st.tables.len() == 4 && st.tables.iter().all(|t| t.state == "ready")
-        },
-    )
+    eventually(Duration::from_secs(60), "the new table's initial copy", || async {
+        let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
+        st.tables.len() == 4 && st.tables.iter().all(|t| t.state == "ready")
+    })
     .await;
     wait_caught_up(&source, &meta).await;
     let mut tables = sample_tables();
@@ -99,14 +81,9 @@ async fn additive_ddl_under_writes_is_followed_with_no_lost_rows() {
         .await
         .expect("coupons")
         .get(0);
-    assert!(
-        coupons > 0,
-        "rows written with the new column must have arrived"
-    );
+    assert!(coupons > 0, "rows written with the new column must have arrived");
 
-    let st = sandbox::status(&opts.state_dir, &opts.name)
-        .await
-        .expect("status");
+    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert_eq!(st.state, SandboxState::Ready, "{:?}", st.reasons);
     assert!(st.drift.is_empty(), "{:?}", st.drift);
     sandbox::delete(&opts.state_dir, &opts.name, None, false)
@@ -123,12 +100,7 @@ async fn additive_ddl_under_writes_is_followed_with_no_lost_rows() {
 async fn a_dropped_column_is_drift_not_a_silent_change() {
     let root = TempRoot::new("drift");
     let source = sample_source(&root, 1_000).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "drift",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let opts = create_options(&root, &source, "drift", Replicate::Publication("shop_pub".into()));
     let meta = sandbox::create(&opts, &quiet).await.expect("create");
     let admin = source.admin().await.expect("admin");
     admin
@@ -141,20 +113,14 @@ async fn a_dropped_column_is_drift_not_a_silent_change() {
         .expect("insert");
 
     // status sees the drift before the follower has run.
-    let st = sandbox::status(&opts.state_dir, &opts.name)
-        .await
-        .expect("status");
+    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert!(
-        st.drift
-            .iter()
-            .any(|d| d.contains("public.orders.note was dropped")),
+        st.drift.iter().any(|d| d.contains("public.orders.note was dropped")),
         "{:?}",
         st.drift
     );
 
-    let report = follow::follow_once(&opts.state_dir, &opts.name)
-        .await
-        .expect("follow");
+    let report = follow::follow_once(&opts.state_dir, &opts.name).await.expect("follow");
     assert!(report.applied.is_empty(), "{:?}", report.applied);
     assert_eq!(report.pending.len(), 1, "{:?}", report.pending);
     assert!(
@@ -162,9 +128,7 @@ async fn a_dropped_column_is_drift_not_a_silent_change() {
         "{:?}",
         report.pending
     );
-    let st = sandbox::status(&opts.state_dir, &opts.name)
-        .await
-        .expect("status");
+    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert_eq!(st.state, SandboxState::Degraded);
     assert!(
         st.reasons.iter().any(|r| r.contains("schema change")),
@@ -179,7 +143,10 @@ async fn a_dropped_column_is_drift_not_a_silent_change() {
         .await
         .expect("sandbox");
     let n: i64 = sandbox_db
-        .query_one("SELECT count(*) FROM orders WHERE total_cents = 5 AND customer_id = 1 AND note IS NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM orders WHERE total_cents = 5 AND customer_id = 1 AND note IS NULL",
+            &[],
+        )
         .await
         .expect("row")
         .get(0);

@@ -14,12 +14,7 @@ use understudy::source::Replicate;
 async fn kill_9_of_the_sandbox_during_writes_then_restart_gives_parity_without_duplicates() {
     let root = TempRoot::new("kill");
     let source = sample_source(&root, 20_000).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "kill",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let opts = create_options(&root, &source, "kill", Replicate::Publication("shop_pub".into()));
     let meta = sandbox::create(&opts, &quiet).await.expect("create");
     let cluster = sandbox::cluster_of(&meta).expect("cluster");
     let writer = Writer::start(source.admin().await.expect("writer"), 0);
@@ -34,17 +29,12 @@ async fn kill_9_of_the_sandbox_during_writes_then_restart_gives_parity_without_d
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let written = writer.stop().await.expect("writer");
-    assert!(
-        written > 200,
-        "writes must flow through the crashes: {written}"
-    );
+    assert!(written > 200, "writes must flow through the crashes: {written}");
     wait_caught_up(&source, &meta).await;
     // `events` has no primary key (REPLICA IDENTITY FULL): a transaction applied twice would show as extra rows
     // and a different checksum, not as a conflict.
     assert_parity(&source, &meta, &sample_tables()).await;
-    let st = sandbox::status(&opts.state_dir, &opts.name)
-        .await
-        .expect("status");
+    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert_eq!(st.state, SandboxState::Ready, "{:?}", st.reasons);
     sandbox::delete(&opts.state_dir, &opts.name, None, false)
         .await
@@ -56,12 +46,7 @@ async fn kill_9_of_the_sandbox_during_writes_then_restart_gives_parity_without_d
 async fn the_wal_budget_breaker_drops_our_slot_and_marks_the_sandbox_stale() {
     let root = TempRoot::new("breaker");
     let source = sample_source(&root, 2_000).await;
-    let mut opts = create_options(
-        &root,
-        &source,
-        "breaker",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let mut opts = create_options(&root, &source, "breaker", Replicate::Publication("shop_pub".into()));
     opts.wal_budget_bytes = 64 * 1024;
     let meta = sandbox::create(&opts, &quiet).await.expect("create");
     // The sandbox stops confirming (its server is down) while production writes: retained WAL grows.
@@ -75,25 +60,14 @@ async fn the_wal_budget_breaker_drops_our_slot_and_marks_the_sandbox_stale() {
         .batch_execute("INSERT INTO events (kind, payload) SELECT 'bulk', jsonb_build_object('g', g) FROM generate_series(1, 20000) g")
         .await
         .expect("writes");
-    let report = follow::follow_once(&opts.state_dir, &opts.name)
-        .await
-        .expect("follow");
+    let report = follow::follow_once(&opts.state_dir, &opts.name).await.expect("follow");
     assert!(report.breaker_tripped, "{report:?}");
     let (slots, _) = our_objects(&source).await;
-    assert!(
-        slots.is_empty(),
-        "the breaker must drop our slot: {slots:?}"
-    );
-    let st = sandbox::status(&opts.state_dir, &opts.name)
-        .await
-        .expect("status");
+    assert!(slots.is_empty(), "the breaker must drop our slot: {slots:?}");
+    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert_eq!(st.state, SandboxState::Stale);
     let last = st.last_error.expect("last error");
-    assert!(
-        last.message.contains("WAL budget breaker"),
-        "{}",
-        last.message
-    );
+    assert!(last.message.contains("WAL budget breaker"), "{}", last.message);
     assert!(last.fix.contains("recreate the sandbox"), "{}", last.fix);
     // The CLI reports a stale sandbox with a non-zero exit.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
@@ -131,37 +105,23 @@ async fn delete_after_the_data_directory_was_removed_by_hand() {
         .batch_execute("ALTER ROLE understudy_replicator NOSUPERUSER")
         .await
         .expect("nosuperuser");
-    assert_eq!(
-        our_objects(&source).await.1,
-        vec!["understudy_rmdata".to_string()]
-    );
+    assert_eq!(our_objects(&source).await.1, vec!["understudy_rmdata".to_string()]);
     // Someone removes the data directory while the server runs.
     std::fs::remove_dir_all(&meta.cluster.data_dir).expect("rm -rf pgdata");
     let report = sandbox::delete(&opts.state_dir, &opts.name, None, false)
         .await
         .expect("delete");
     assert_eq!(report.slots_dropped, vec!["understudy_rmdata".to_string()]);
-    assert_eq!(
-        report.publication_dropped.as_deref(),
-        Some("understudy_rmdata")
-    );
+    assert_eq!(report.publication_dropped.as_deref(), Some("understudy_rmdata"));
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
-    assert!(
-        understudy::pg::cluster::postmasters_under(&opts.state_dir.sandbox_dir(&opts.name))
-            .is_empty()
-    );
+    assert!(understudy::pg::cluster::postmasters_under(&opts.state_dir.sandbox_dir(&opts.name)).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_source_after_the_whole_sandbox_directory_is_gone() {
     let root = TempRoot::new("rmall");
     let source = sample_source(&root, 1_000).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "rmall",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let opts = create_options(&root, &source, "rmall", Replicate::Publication("shop_pub".into()));
     let meta = sandbox::create(&opts, &quiet).await.expect("create");
     let cluster = sandbox::cluster_of(&meta).expect("cluster");
     cluster.kill9().expect("kill");
@@ -171,26 +131,16 @@ async fn delete_with_source_after_the_whole_sandbox_directory_is_gone() {
         .await
         .expect_err("needs --source");
     assert!(err.to_string().contains("no sandbox named rmall"), "{err}");
-    assert_eq!(
-        our_objects(&source).await.0,
-        vec!["understudy_rmall".to_string()]
-    );
+    assert_eq!(our_objects(&source).await.0, vec!["understudy_rmall".to_string()]);
     // The command line with --source (via the environment, so the password is not in argv).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
         .arg("--state-dir")
         .arg(opts.state_dir.root())
         .args(["sandbox", "delete", "rmall"])
-        .env(
-            "UNDERSTUDY_SOURCE",
-            source.replicator_conninfo().to_secret_string(),
-        )
+        .env("UNDERSTUDY_SOURCE", source.replicator_conninfo().to_secret_string())
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("dropped slot understudy_rmall"));
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
 }

@@ -17,22 +17,11 @@ async fn copy_under_writes_then_streaming_keeps_parity() {
     let source = sample_source(&root, 60_000).await;
     // Writes flow during the whole initial copy and afterwards.
     let writer = Writer::start(source.admin().await.expect("writer connection"), 0);
-    let opts = create_options(
-        &root,
-        &source,
-        "parity",
-        Replicate::Publication("shop_pub".into()),
-    );
-    let meta = sandbox::create(&opts, &quiet)
-        .await
-        .expect("create sandbox");
+    let opts = create_options(&root, &source, "parity", Replicate::Publication("shop_pub".into()));
+    let meta = sandbox::create(&opts, &quiet).await.expect("create sandbox");
     let copy = meta.initial_copy.clone().expect("copy figures");
     assert_eq!(copy.tables, 3);
-    assert!(
-        copy.rows >= 60_000 + 6_000 + 6_000,
-        "copied {} rows",
-        copy.rows
-    );
+    assert!(copy.rows >= 60_000 + 6_000 + 6_000, "copied {} rows", copy.rows);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let written = writer.stop().await.expect("writer");
     assert!(
@@ -42,17 +31,11 @@ async fn copy_under_writes_then_streaming_keeps_parity() {
     wait_caught_up(&source, &meta).await;
     assert_parity(&source, &meta, &sample_tables()).await;
 
-    let st = sandbox::status(&opts.state_dir, &opts.name)
-        .await
-        .expect("status");
+    let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert_eq!(st.state, SandboxState::Ready, "reasons: {:?}", st.reasons);
     assert!(st.apply_worker_running);
     assert_eq!(st.tables.len(), 3);
-    assert!(
-        st.tables.iter().all(|t| t.state == "ready"),
-        "{:?}",
-        st.tables
-    );
+    assert!(st.tables.iter().all(|t| t.state == "ready"), "{:?}", st.tables);
     assert_eq!(st.wal_status.as_deref(), Some("reserved"));
     assert!(st.retained_wal_bytes.is_some());
     assert!(st.drift.is_empty(), "{:?}", st.drift);
@@ -83,10 +66,7 @@ async fn copy_under_writes_then_streaming_keeps_parity() {
 
     let (slots, pubs) = our_objects(&source).await;
     assert_eq!(slots, vec!["understudy_parity".to_string()]);
-    assert!(
-        pubs.is_empty(),
-        "an existing publication was used: {pubs:?}"
-    );
+    assert!(pubs.is_empty(), "an existing publication was used: {pubs:?}");
     sandbox::delete(&opts.state_dir, &opts.name, None, false)
         .await
         .expect("delete");
@@ -137,10 +117,7 @@ async fn tables_mode_creates_and_removes_its_own_publication_and_splits_large_ta
     assert_parity(
         &source,
         &meta,
-        &[
-            QualifiedName::parse("orders"),
-            QualifiedName::parse("customers"),
-        ],
+        &[QualifiedName::parse("orders"), QualifiedName::parse("customers")],
     )
     .await;
     sandbox::delete(&opts.state_dir, &opts.name, None, false)

@@ -32,20 +32,11 @@ async fn roles(source: &SourceServer) -> Vec<String> {
         .collect()
 }
 
-async fn assert_untouched(
-    root: &TempRoot,
-    source: &SourceServer,
-    name: &str,
-    roles_before: &[String],
-) {
+async fn assert_untouched(root: &TempRoot, source: &SourceServer, name: &str, roles_before: &[String]) {
     let (slots, pubs) = our_objects(source).await;
     assert!(slots.is_empty(), "slots left on the source: {slots:?}");
     assert!(pubs.is_empty(), "publications left on the source: {pubs:?}");
-    assert_eq!(
-        roles(source).await,
-        roles_before,
-        "roles changed on the source"
-    );
+    assert_eq!(roles(source).await, roles_before, "roles changed on the source");
     let dir = root
         .state()
         .sandbox_dir(&understudy::source::SandboxName::parse(name).expect("name"));
@@ -55,31 +46,17 @@ async fn assert_untouched(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_not_logical() {
     let root = TempRoot::new("wal");
-    let source = SourceServer::start(
-        &root.path().join("source"),
-        "shop",
-        &[("wal_level", "replica")],
-    )
-    .await
-    .expect("source");
+    let source = SourceServer::start(&root.path().join("source"), "shop", &[("wal_level", "replica")])
+        .await
+        .expect("source");
     source.load_sample(100, "shop_pub").await.expect("sample");
     let before = roles(&source).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "wal",
-        Replicate::Publication("shop_pub".into()),
-    );
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("must refuse");
+    let opts = create_options(&root, &source, "wal", Replicate::Publication("shop_pub".into()));
+    let err = sandbox::create(&opts, &quiet).await.expect_err("must refuse");
     assert_eq!(problem_codes(&err), vec!["wal-level"]);
     let text = err.to_string();
     assert!(text.contains("wal_level is \"replica\""), "{text}");
-    assert!(
-        text.contains("ALTER SYSTEM SET wal_level = logical"),
-        "{text}"
-    );
+    assert!(text.contains("ALTER SYSTEM SET wal_level = logical"), "{text}");
     assert!(text.contains("nothing was created"), "{text}");
     assert_untouched(&root, &source, "wal", &before).await;
 }
@@ -101,23 +78,13 @@ async fn no_free_slot_and_no_wal_sender() {
         .await
         .expect("occupy the only slot");
     let before = roles(&source).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "slots",
-        Replicate::Publication("shop_pub".into()),
-    );
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("must refuse");
+    let opts = create_options(&root, &source, "slots", Replicate::Publication("shop_pub".into()));
+    let err = sandbox::create(&opts, &quiet).await.expect_err("must refuse");
     let codes = problem_codes(&err);
     assert!(codes.contains(&"replication-slots"), "{codes:?}");
     assert!(codes.contains(&"wal-senders"), "{codes:?}");
     let text = err.to_string();
-    assert!(
-        text.contains("max_replication_slots = 1 and 1 are in use"),
-        "{text}"
-    );
+    assert!(text.contains("max_replication_slots = 1 and 1 are in use"), "{text}");
     assert!(text.contains("max_wal_senders = 0"), "{text}");
     assert_untouched(&root, &source, "slots", &before).await;
     let other: i64 = admin
@@ -150,31 +117,15 @@ async fn role_privileges_replica_identity_and_missing_publication() {
     let before = roles(&source).await;
 
     // A role without REPLICATION.
-    let mut opts = create_options(
-        &root,
-        &source,
-        "r1",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let mut opts = create_options(&root, &source, "r1", Replicate::Publication("shop_pub".into()));
     opts.source = source.conninfo_as("no_repl", "pw1");
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("no REPLICATION");
+    let err = sandbox::create(&opts, &quiet).await.expect_err("no REPLICATION");
     assert_eq!(problem_codes(&err), vec!["replication-role"]);
-    assert!(
-        err.to_string()
-            .contains("ALTER ROLE \"no_repl\" REPLICATION"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("ALTER ROLE \"no_repl\" REPLICATION"), "{err}");
     assert_untouched(&root, &source, "r1", &before).await;
 
     // A role that cannot read the published tables: all three are named, with the GRANT to run.
-    let mut opts = create_options(
-        &root,
-        &source,
-        "r2",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let mut opts = create_options(&root, &source, "r2", Replicate::Publication("shop_pub".into()));
     opts.source = source.conninfo_as("no_select", "pw2");
     let err = sandbox::create(&opts, &quiet).await.expect_err("no SELECT");
     assert_eq!(problem_codes(&err), vec!["select-privilege"]);
@@ -186,35 +137,20 @@ async fn role_privileges_replica_identity_and_missing_publication() {
     assert_untouched(&root, &source, "r2", &before).await;
 
     // A published table without a replica identity is listed (and the one with a primary key is not).
-    let opts = create_options(
-        &root,
-        &source,
-        "r3",
-        Replicate::Publication("with_nopk".into()),
-    );
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("no replica identity");
+    let opts = create_options(&root, &source, "r3", Replicate::Publication("with_nopk".into()));
+    let err = sandbox::create(&opts, &quiet).await.expect_err("no replica identity");
     assert_eq!(problem_codes(&err), vec!["replica-identity"]);
     let text = err.to_string();
-    assert!(
-        text.contains("public.audit_log without a replica identity"),
-        "{text}"
-    );
+    assert!(text.contains("public.audit_log without a replica identity"), "{text}");
     assert!(!text.contains("public.orders without"), "{text}");
     assert!(text.contains("REPLICA IDENTITY FULL"), "{text}");
     assert_untouched(&root, &source, "r3", &before).await;
 
     // A publication that does not exist.
     let opts = create_options(&root, &source, "r4", Replicate::Publication("nope".into()));
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("missing publication");
+    let err = sandbox::create(&opts, &quiet).await.expect_err("missing publication");
     assert_eq!(problem_codes(&err), vec!["publication-missing"]);
-    assert!(
-        err.to_string().contains("publication nope does not exist"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("publication nope does not exist"), "{err}");
     assert_untouched(&root, &source, "r4", &before).await;
 
     // --tables with a role that does not own them: Understudy cannot create the publication, says who can.
@@ -243,34 +179,21 @@ async fn role_privileges_replica_identity_and_missing_publication() {
         "r6",
         Replicate::Tables(vec![QualifiedName::parse("orderz")]),
     );
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("missing table");
+    let err = sandbox::create(&opts, &quiet).await.expect_err("missing table");
     assert!(problem_codes(&err).contains(&"table-missing"));
     assert!(
-        err.to_string()
-            .contains("no such table on the source: public.orderz"),
+        err.to_string().contains("no such table on the source: public.orderz"),
         "{err}"
     );
     assert_untouched(&root, &source, "r6", &before).await;
 
     // A wrong password: a clear error, no secret in it.
-    let mut opts = create_options(
-        &root,
-        &source,
-        "r7",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let mut opts = create_options(&root, &source, "r7", Replicate::Publication("shop_pub".into()));
     opts.source = source.conninfo_as("understudy_replicator", "wrong-password-123");
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("bad password");
+    let err = sandbox::create(&opts, &quiet).await.expect_err("bad password");
     let text = err.to_string();
     assert!(text.contains("password authentication failed"), "{text}");
-    assert!(
-        !text.contains("wrong-password-123"),
-        "the password leaked: {text}"
-    );
+    assert!(!text.contains("wrong-password-123"), "the password leaked: {text}");
     assert_untouched(&root, &source, "r7", &before).await;
 }
 
@@ -278,37 +201,19 @@ async fn role_privileges_replica_identity_and_missing_publication() {
 async fn a_name_already_used_on_the_source_is_refused_and_the_other_sandbox_survives() {
     let root = TempRoot::new("dup");
     let source = sample_source(&root, 100).await;
-    let opts = create_options(
-        &root,
-        &source,
-        "dup",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let opts = create_options(&root, &source, "dup", Replicate::Publication("shop_pub".into()));
     let meta = sandbox::create(&opts, &quiet).await.expect("first");
     // Same name, another state directory: the slot name is taken on the source.
     let other = TempRoot::new("dup2");
-    let mut second = create_options(
-        &other,
-        &source,
-        "dup",
-        Replicate::Publication("shop_pub".into()),
-    );
+    let mut second = create_options(&other, &source, "dup", Replicate::Publication("shop_pub".into()));
     second.state_dir = other.state();
-    let err = sandbox::create(&second, &quiet)
-        .await
-        .expect_err("slot exists");
+    let err = sandbox::create(&second, &quiet).await.expect_err("slot exists");
     assert_eq!(problem_codes(&err), vec!["slot-exists"]);
     // Same state directory: refused before touching anything.
-    let err = sandbox::create(&opts, &quiet)
-        .await
-        .expect_err("exists locally");
+    let err = sandbox::create(&opts, &quiet).await.expect_err("exists locally");
     assert!(matches!(err, SandboxError::Exists { .. }), "{err}");
     let (slots, _) = our_objects(&source).await;
-    assert_eq!(
-        slots,
-        vec![meta.slot.clone()],
-        "the first sandbox's slot must survive"
-    );
+    assert_eq!(slots, vec![meta.slot.clone()], "the first sandbox's slot must survive");
     sandbox::delete(&opts.state_dir, &opts.name, None, false)
         .await
         .expect("delete");
@@ -318,13 +223,9 @@ async fn a_name_already_used_on_the_source_is_refused_and_the_other_sandbox_surv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_line_refusals_exit_non_zero_with_the_fix() {
     let root = TempRoot::new("cli");
-    let source = SourceServer::start(
-        &root.path().join("source"),
-        "shop",
-        &[("wal_level", "replica")],
-    )
-    .await
-    .expect("source");
+    let source = SourceServer::start(&root.path().join("source"), "shop", &[("wal_level", "replica")])
+        .await
+        .expect("source");
     source.load_sample(100, "shop_pub").await.expect("sample");
     let state = root.path().join("state");
     let run = |args: &[&str], env_source: Option<String>| {
@@ -340,14 +241,7 @@ async fn command_line_refusals_exit_non_zero_with_the_fix() {
     };
     let conninfo = source.replicator_conninfo().to_secret_string();
     let out = run(
-        &[
-            "sandbox",
-            "create",
-            "cli",
-            "--publication",
-            "shop_pub",
-            "--no-progress",
-        ],
+        &["sandbox", "create", "cli", "--publication", "shop_pub", "--no-progress"],
         Some(conninfo),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -369,10 +263,7 @@ async fn command_line_refusals_exit_non_zero_with_the_fix() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid sandbox name \"Bad_Name\""));
 
-    let out = run(
-        &["sandbox", "create", "ok", "--publication", "p"],
-        Some("host".into()),
-    );
+    let out = run(&["sandbox", "create", "ok", "--publication", "p"], Some("host".into()));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid connection string"));
 

@@ -45,8 +45,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, SandboxError> {
             root.display()
         )));
     }
-    std::fs::create_dir_all(&root)
-        .map_err(|e| SandboxError::io(format!("creating {}", root.display()), e))?;
+    std::fs::create_dir_all(&root).map_err(|e| SandboxError::io(format!("creating {}", root.display()), e))?;
     crate::sandbox::state::set_mode(&root, 0o755)?;
     let result = demo(&opts, &root).await;
     if !opts.keep {
@@ -88,10 +87,7 @@ async fn demo(opts: &DemoOptions, root: &std::path::Path) -> Result<DemoOutcome,
         progress: true,
     };
     let say = |line: &str| println!("      {line}");
-    let result = follow_and_check(
-        opts, &source, &admin, writer, &state, &name, &create, &say, started,
-    )
-    .await;
+    let result = follow_and_check(opts, &source, &admin, writer, &state, &name, &create, &say, started).await;
     if opts.keep {
         source.keep();
         println!();
@@ -120,9 +116,7 @@ async fn demo(opts: &DemoOptions, root: &std::path::Path) -> Result<DemoOutcome,
             .map(|s| s.len())
             .unwrap_or(0);
         source.destroy().await?;
-        println!(
-            "cleaned up: sandbox deleted, {left} Understudy slot(s) left on production, production stopped"
-        );
+        println!("cleaned up: sandbox deleted, {left} Understudy slot(s) left on production, production stopped");
     }
     result
 }
@@ -162,9 +156,7 @@ async fn follow_and_check(
                 .map_err(crate::pg::PgError::sql("altering production"))?;
             writer.state.write_coupon.store(true, Ordering::Relaxed);
             altered = true;
-            println!(
-                "      production: ALTER TABLE orders ADD COLUMN coupon text (the writer now fills it)"
-            );
+            println!("      production: ALTER TABLE orders ADD COLUMN coupon text (the writer now fills it)");
         }
         let report = follow::follow_once(state, name).await?;
         for line in &report.applied {
@@ -198,13 +190,7 @@ async fn follow_and_check(
     let target = target
         .parse()
         .map_err(|e: crate::lsn::ParseLsnError| SandboxError::Failed(e.to_string()))?;
-    sandbox::create::wait_caught_up(
-        &sandbox_db,
-        &meta.subscription,
-        target,
-        Duration::from_secs(60),
-    )
-    .await?;
+    sandbox::create::wait_caught_up(&sandbox_db, &meta.subscription, target, Duration::from_secs(60)).await?;
 
     println!("[5/5] writer stopped; comparing every table at production's position {target}");
     let tables = [

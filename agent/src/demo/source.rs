@@ -22,24 +22,16 @@ pub struct SourceServer {
 impl SourceServer {
     /// Initialises and starts a source under `root` with extra settings (for example `wal_level = replica` for
     /// refusal tests), creates database `database` and the replication role.
-    pub async fn start(
-        root: &Path,
-        database: &str,
-        settings: &[(&str, &str)],
-    ) -> Result<Self, PgError> {
+    pub async fn start(root: &Path, database: &str, settings: &[(&str, &str)]) -> Result<Self, PgError> {
         let bins = PgBinaries::locate()?;
         let run_as = RunAs::detect()?;
-        std::fs::create_dir_all(root)
-            .map_err(|e| PgError::io(format!("creating {}", root.display()), e))?;
+        std::fs::create_dir_all(root).map_err(|e| PgError::io(format!("creating {}", root.display()), e))?;
         let config = ClusterConfig {
             data_dir: root.join("pgdata"),
             socket_dir: root.join("run"),
             port: free_port()?,
             listen_addresses: "127.0.0.1".into(),
-            settings: settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         let cluster = Cluster::init(bins, run_as, config).await?;
         let hba = "local all postgres trust\nlocal all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n";

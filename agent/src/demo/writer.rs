@@ -49,11 +49,7 @@ impl Writer {
     }
 }
 
-async fn write_loop(
-    client: tokio_postgres::Client,
-    per_second: u32,
-    state: Arc<WriterState>,
-) -> Result<(), PgError> {
+async fn write_loop(client: tokio_postgres::Client, per_second: u32, state: Arc<WriterState>) -> Result<(), PgError> {
     let pause = if per_second == 0 {
         Duration::ZERO
     } else {
@@ -64,8 +60,7 @@ async fn write_loop(
         n += 1;
         let coupon = state.write_coupon.load(Ordering::Relaxed);
         let sql = match n % 10 {
-            0 => "BEGIN; DELETE FROM orders WHERE id = (SELECT min(id) FROM orders); COMMIT;"
-                .to_string(),
+            0 => "BEGIN; DELETE FROM orders WHERE id = (SELECT min(id) FROM orders); COMMIT;".to_string(),
             1 | 2 => format!(
                 "BEGIN; UPDATE orders SET status = 'paid', total_cents = total_cents + 1 WHERE id = \
                  (SELECT max(id) - {} FROM orders); INSERT INTO events (kind, payload) VALUES ('pay', \

@@ -60,11 +60,7 @@ impl PgBinaries {
 
     /// Uses the binaries in `bindir`, checking that the server programs are there.
     pub fn at(bindir: PathBuf) -> Result<Self, PgError> {
-        let missing: Vec<&str> = REQUIRED
-            .iter()
-            .copied()
-            .filter(|p| !bindir.join(p).is_file())
-            .collect();
+        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|p| !bindir.join(p).is_file()).collect();
         if !missing.is_empty() {
             return Err(PgError::BinariesMissing {
                 detail: format!("{} lacks {}", bindir.display(), missing.join(", ")),
@@ -73,12 +69,7 @@ impl PgBinaries {
         let out = Command::new(bindir.join("postgres"))
             .arg("--version")
             .output()
-            .map_err(|e| {
-                PgError::io(
-                    format!("running {}/postgres --version", bindir.display()),
-                    e,
-                )
-            })?;
+            .map_err(|e| PgError::io(format!("running {}/postgres --version", bindir.display()), e))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let major = parse_major(&text).ok_or_else(|| PgError::BinariesMissing {
             detail: format!("cannot read a version from {:?}", text.trim()),

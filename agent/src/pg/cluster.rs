@@ -73,24 +73,12 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
 impl Cluster {
     /// Describes an existing cluster without touching it.
     pub fn open(bins: PgBinaries, run_as: RunAs, config: ClusterConfig) -> Self {
-        Cluster {
-            bins,
-            run_as,
-            config,
-        }
+        Cluster { bins, run_as, config }
     }
 
     /// Runs `initdb` into `config.data_dir` (which must not exist yet) and writes Understudy's settings.
-    pub async fn init(
-        bins: PgBinaries,
-        run_as: RunAs,
-        config: ClusterConfig,
-    ) -> Result<Self, PgError> {
-        let cluster = Cluster {
-            bins,
-            run_as,
-            config,
-        };
+    pub async fn init(bins: PgBinaries, run_as: RunAs, config: ClusterConfig) -> Result<Self, PgError> {
+        let cluster = Cluster { bins, run_as, config };
         let data = &cluster.config.data_dir;
         if data.exists() {
             return Err(PgError::Config(format!(
@@ -110,8 +98,7 @@ impl Cluster {
             .into_iter()
             .flatten()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PgError::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir).map_err(|e| PgError::io(format!("creating {}", dir.display()), e))?;
             cluster.run_as.own(dir)?;
         }
         set_mode(&cluster.config.socket_dir, 0o700)?;
@@ -123,16 +110,7 @@ impl Cluster {
             .command(&cluster.bins.tool("initdb"))
             .arg("-D")
             .arg(data)
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ])
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-N"])
             .current_dir("/")
             .stdin(Stdio::null())
             .output()
@@ -164,18 +142,13 @@ impl Cluster {
         }
         let data = &self.config.data_dir;
         let path = data.join("understudy.conf");
-        std::fs::write(&path, conf)
-            .map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(&path, conf).map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
         self.run_as.own(&path)?;
         let main = data.join("postgresql.conf");
-        let text = std::fs::read_to_string(&main)
-            .map_err(|e| PgError::io(format!("reading {}", main.display()), e))?;
+        let text = std::fs::read_to_string(&main).map_err(|e| PgError::io(format!("reading {}", main.display()), e))?;
         if !text.contains("include_if_exists = 'understudy.conf'") {
-            std::fs::write(
-                &main,
-                format!("{text}\ninclude_if_exists = 'understudy.conf'\n"),
-            )
-            .map_err(|e| PgError::io(format!("writing {}", main.display()), e))?;
+            std::fs::write(&main, format!("{text}\ninclude_if_exists = 'understudy.conf'\n"))
+                .map_err(|e| PgError::io(format!("writing {}", main.display()), e))?;
         }
         Ok(())
     }
@@ -205,9 +178,7 @@ impl Cluster {
     }
 
     async fn start_once(&self) -> Result<(), PgError> {
-        let log_len = std::fs::metadata(self.log_path())
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let log_len = std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
         let out = self
             .run_as
             .command(&self.bins.tool("pg_ctl"))
@@ -225,8 +196,7 @@ impl Cluster {
             let mut err = tool_error("pg_ctl start", &out);
             if let PgError::Tool { stderr, .. } = &mut err {
                 let log = std::fs::read(self.log_path()).unwrap_or_default();
-                let fresh =
-                    String::from_utf8_lossy(log.get(log_len as usize..).unwrap_or_default());
+                let fresh = String::from_utf8_lossy(log.get(log_len as usize..).unwrap_or_default());
                 let tail: Vec<&str> = fresh.lines().collect();
                 stderr.push_str(&format!(
                     "\nserver log ({}):\n{}",
@@ -380,9 +350,7 @@ impl Cluster {
     }
 
     pub fn socket_path(&self) -> PathBuf {
-        self.config
-            .socket_dir
-            .join(format!(".s.PGSQL.{}", self.config.port))
+        self.config.socket_dir.join(format!(".s.PGSQL.{}", self.config.port))
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -411,11 +379,7 @@ pub fn postmasters_under(root: &Path) -> Vec<u32> {
     };
     let mut pids = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
@@ -428,9 +392,9 @@ pub fn postmasters_under(root: &Path) -> Vec<u32> {
         if !is_postgres {
             continue;
         }
-        let under = args.windows(2).any(|w| {
-            w[0] == b"-D" && Path::new(std::str::from_utf8(w[1]).unwrap_or("")).starts_with(root)
-        });
+        let under = args
+            .windows(2)
+            .any(|w| w[0] == b"-D" && Path::new(std::str::from_utf8(w[1]).unwrap_or("")).starts_with(root));
         if under && !is_zombie(pid) {
             pids.push(pid);
         }
@@ -440,8 +404,7 @@ pub fn postmasters_under(root: &Path) -> Vec<u32> {
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> Result<u16, PgError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| PgError::io("finding a free port", e))?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| PgError::io("finding a free port", e))?;
     listener
         .local_addr()
         .map(|a| a.port())
@@ -461,10 +424,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), PgError> {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 

@@ -32,12 +32,10 @@ pub async fn connect_source(info: &ConnInfo, application_name: &str) -> Result<C
              trusted network or a TLS-terminating proxy with sslmode=disable or prefer"
         )));
     }
-    let mut config: tokio_postgres::Config = info.for_client().parse().map_err(|e| {
-        PgError::Config(format!(
-            "bad source connection string {}: {e}",
-            info.redacted()
-        ))
-    })?;
+    let mut config: tokio_postgres::Config = info
+        .for_client()
+        .parse()
+        .map_err(|e| PgError::Config(format!("bad source connection string {}: {e}", info.redacted())))?;
     if info.get("application_name").is_none() {
         config.application_name(application_name);
     }

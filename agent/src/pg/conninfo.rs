@@ -54,11 +54,7 @@ impl ConnInfo {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Sets `key` (replacing earlier values).
@@ -69,12 +65,7 @@ impl ConnInfo {
 
     pub fn without(&self, key: &str) -> ConnInfo {
         ConnInfo {
-            pairs: self
-                .pairs
-                .iter()
-                .filter(|(k, _)| k != key)
-                .cloned()
-                .collect(),
+            pairs: self.pairs.iter().filter(|(k, _)| k != key).cloned().collect(),
         }
     }
 
@@ -135,11 +126,7 @@ fn render(pairs: &[(String, String)]) -> String {
 }
 
 fn quote_value(value: &str) -> String {
-    if !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
-    {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
         return value.to_string();
     }
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -180,17 +167,13 @@ fn parse_key_values(text: &str) -> Result<Vec<(String, String)>, ConnInfoError> 
                     Some('\\') => match chars.next() {
                         Some(c) => value.push(c),
                         None => {
-                            return Err(ConnInfoError(format!(
-                                "unterminated quoted value for {key:?}"
-                            )));
+                            return Err(ConnInfoError(format!("unterminated quoted value for {key:?}")));
                         }
                     },
                     Some('\'') => break,
                     Some(c) => value.push(c),
                     None => {
-                        return Err(ConnInfoError(format!(
-                            "unterminated quoted value for {key:?}"
-                        )));
+                        return Err(ConnInfoError(format!("unterminated quoted value for {key:?}")));
                     }
                 }
             }
@@ -268,11 +251,7 @@ fn parse_uri(text: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
     if let Some(db) = path.filter(|p| !p.is_empty()) {
         pairs.push(("dbname".to_string(), decode(db)?));
     }
-    for param in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter(|p| !p.is_empty())
-    {
+    for param in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
         let (k, v) = param
             .split_once('=')
             .ok_or_else(|| ConnInfoError(format!("parameter {param:?} has no value")))?;
@@ -290,10 +269,7 @@ fn decode(text: &str) -> Result<String, ConnInfoError> {
             let hex = text
                 .get(i + 1..i + 3)
                 .ok_or_else(|| ConnInfoError(format!("bad escape in {text:?}")))?;
-            out.push(
-                u8::from_str_radix(hex, 16)
-                    .map_err(|_| ConnInfoError(format!("bad escape in {text:?}")))?,
-            );
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ConnInfoError(format!("bad escape in {text:?}")))?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -309,28 +285,18 @@ mod tests {
 
     #[test]
     fn key_values_with_quotes() {
-        let c =
-            ConnInfo::parse("host=db.example port=5432 user=app password='s3 cr\\'et' dbname=shop")
-                .expect("ok");
+        let c = ConnInfo::parse("host=db.example port=5432 user=app password='s3 cr\\'et' dbname=shop").expect("ok");
         assert_eq!(c.get("host"), Some("db.example"));
         assert_eq!(c.password(), Some("s3 cr'et"));
-        assert_eq!(
-            c.for_arguments(),
-            "host=db.example port=5432 user=app dbname=shop"
-        );
+        assert_eq!(c.for_arguments(), "host=db.example port=5432 user=app dbname=shop");
         assert!(!c.redacted().contains("s3"));
-        assert_eq!(
-            ConnInfo::parse(&c.to_secret_string()).expect("round trip"),
-            c
-        );
+        assert_eq!(ConnInfo::parse(&c.to_secret_string()).expect("round trip"), c);
     }
 
     #[test]
     fn uri_form() {
-        let c = ConnInfo::parse(
-            "postgresql://app:p%40ss@db1:5433,db2/shop?sslmode=require&application_name=x",
-        )
-        .expect("ok");
+        let c = ConnInfo::parse("postgresql://app:p%40ss@db1:5433,db2/shop?sslmode=require&application_name=x")
+            .expect("ok");
         assert_eq!(c.get("user"), Some("app"));
         assert_eq!(c.password(), Some("p@ss"));
         assert_eq!(c.get("host"), Some("db1,db2"));

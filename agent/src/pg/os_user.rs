@@ -88,9 +88,7 @@ impl RunAs {
 /// code is needed.
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 fn id_of(user: &str, flag: &str) -> Result<u32, PgError> {

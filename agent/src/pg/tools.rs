@@ -24,12 +24,21 @@ fn client_command(bins: &PgBinaries, program: &str, source: Option<&ConnInfo>) -
     cmd
 }
 
-/// Dumps the schema (no data) of the source database into a custom-format archive, leaving out the relations in
-/// `exclude`, publications, subscriptions, ownership and privileges.
+/// Which relations a schema dump holds.
+#[derive(Debug, Clone, Copy)]
+pub enum DumpScope<'a> {
+    /// The whole database but these relations (the sandbox's initial schema).
+    AllExcept(&'a [QualifiedName]),
+    /// Only these tables and what they own (a table added to the publication later).
+    Only(&'a [QualifiedName]),
+}
+
+/// Dumps the schema (no data) of the source database into a custom-format archive, without publications,
+/// subscriptions, ownership and privileges.
 pub async fn dump_schema(
     bins: &PgBinaries,
     source: &ConnInfo,
-    exclude: &[QualifiedName],
+    scope: DumpScope<'_>,
     out_file: &Path,
 ) -> Result<(), PgError> {
     let mut cmd = client_command(bins, "pg_dump", Some(source));
@@ -44,9 +53,13 @@ pub async fn dump_schema(
         "--no-tablespaces",
         "--lock-wait-timeout=30000",
     ]);
-    for rel in exclude {
+    let (flag, relations) = match scope {
+        DumpScope::AllExcept(list) => ("--exclude-table", list),
+        DumpScope::Only(list) => ("--table", list),
+    };
+    for rel in relations {
         cmd.arg(format!(
-            "--exclude-table={}.{}",
+            "{flag}={}.{}",
             quote_ident(&rel.schema),
             quote_ident(&rel.name)
         ));
@@ -55,46 +68,7 @@ pub async fn dump_schema(
         .arg(out_file)
         .arg("--dbname")
         .arg(source.for_arguments());
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| PgError::io("running pg_dump", e))?;
-    if !out.status.success() {
-        return Err(tool_error("pg_dump", &out));
-    }
-    Ok(())
-}
-
-/// Dumps the schema of the named relations only (a table added to the publication later).
-pub async fn dump_tables_schema(
-    bins: &PgBinaries,
-    source: &ConnInfo,
-    tables: &[QualifiedName],
-    out_file: &Path,
-) -> Result<(), PgError> {
-    let mut cmd = client_command(bins, "pg_dump", Some(source));
-    cmd.args([
-        "--schema-only",
-        "--format=custom",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-    ]);
-    for rel in tables {
-        cmd.arg(format!(
-            "--table={}.{}",
-            quote_ident(&rel.schema),
-            quote_ident(&rel.name)
-        ));
-    }
-    cmd.arg("--file")
-        .arg(out_file)
-        .arg("--dbname")
-        .arg(source.for_arguments());
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| PgError::io("running pg_dump", e))?;
+    let out = cmd.output().await.map_err(|e| PgError::io("running pg_dump", e))?;
     if !out.status.success() {
         return Err(tool_error("pg_dump", &out));
     }
@@ -151,10 +125,7 @@ pub async fn restore(
         cmd.arg(format!("--jobs={jobs}"));
     }
     cmd.arg("--dbname").arg(target).arg(archive);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| PgError::io("running pg_restore", e))?;
+    let out = cmd.output().await.map_err(|e| PgError::io("running pg_restore", e))?;
     if !out.status.success() {
         return Err(tool_error("pg_restore", &out));
     }
@@ -174,11 +145,7 @@ pub struct ExportedSlot {
 
 impl ExportedSlot {
     /// Creates logical slot `slot_name` (pgoutput) on `source` and keeps its exported snapshot open.
-    pub async fn create(
-        bins: &PgBinaries,
-        source: &ConnInfo,
-        slot_name: &str,
-    ) -> Result<Self, PgError> {
+    pub async fn create(bins: &PgBinaries, source: &ConnInfo, slot_name: &str) -> Result<Self, PgError> {
         let mut conn = source.without("password");
         conn.set("replication", "database");
         let mut child = client_command(bins, "psql", Some(source))
@@ -206,10 +173,7 @@ impl ExportedSlot {
             .write_all(command.as_bytes())
             .await
             .map_err(|e| PgError::io("writing to psql", e))?;
-        stdin
-            .flush()
-            .await
-            .map_err(|e| PgError::io("writing to psql", e))?;
+        stdin.flush().await.map_err(|e| PgError::io("writing to psql", e))?;
         let mut line = String::new();
         let mut reader = BufReader::new(stdout);
         let read = reader
@@ -235,11 +199,9 @@ impl ExportedSlot {
                 line.trim()
             )));
         };
-        let consistent_point = point.parse().map_err(|e| {
-            PgError::Config(format!(
-                "CREATE_REPLICATION_SLOT gave a bad consistent point: {e}"
-            ))
-        })?;
+        let consistent_point = point
+            .parse()
+            .map_err(|e| PgError::Config(format!("CREATE_REPLICATION_SLOT gave a bad consistent point: {e}")))?;
         Ok(ExportedSlot {
             child,
             stdin,

@@ -38,11 +38,7 @@ pub struct Chunk {
 }
 
 /// Splits tables into chunks, largest first.
-pub fn plan(
-    tables: &[PublishedTable],
-    text_only: &[QualifiedName],
-    chunk_bytes: i64,
-) -> Vec<Chunk> {
+pub fn plan(tables: &[PublishedTable], text_only: &[QualifiedName], chunk_bytes: i64) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for table in tables {
         let binary = !text_only.contains(&table.name);
@@ -97,15 +93,9 @@ impl Chunk {
     pub fn copy_out_sql(&self) -> String {
         let mut conditions = Vec::new();
         if let Some((start, end)) = self.blocks {
-            conditions.push(format!(
-                "ctid >= {}::tid",
-                quote_literal(&format!("({start},0)"))
-            ));
+            conditions.push(format!("ctid >= {}::tid", quote_literal(&format!("({start},0)"))));
             if let Some(end) = end {
-                conditions.push(format!(
-                    "ctid < {}::tid",
-                    quote_literal(&format!("({end},0)"))
-                ));
+                conditions.push(format!("ctid < {}::tid", quote_literal(&format!("({end},0)"))));
             }
         }
         if let Some(filter) = &self.row_filter {
@@ -142,10 +132,7 @@ impl Chunk {
 
 /// Tables with a column whose binary form carries type OIDs that differ between servers (arrays and composites
 /// of user-defined types): they are copied in text format.
-pub async fn text_only_tables(
-    source: &Client,
-    tables: &[PublishedTable],
-) -> Result<Vec<QualifiedName>, PgError> {
+pub async fn text_only_tables(source: &Client, tables: &[PublishedTable]) -> Result<Vec<QualifiedName>, PgError> {
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
     let rows = source
         .query(
@@ -201,8 +188,7 @@ pub async fn run(
         ..CopyOutcome::default()
     };
     while let Some(joined) = workers.join_next().await {
-        let (bytes, rows) =
-            joined.map_err(|e| PgError::Config(format!("copy worker panicked: {e}")))??;
+        let (bytes, rows) = joined.map_err(|e| PgError::Config(format!("copy worker panicked: {e}")))??;
         outcome.bytes += bytes;
         outcome.rows += rows;
     }
@@ -245,12 +231,7 @@ async fn worker(
     Ok((bytes, rows))
 }
 
-async fn copy_chunk(
-    src: &Client,
-    dst: &Client,
-    chunk: &Chunk,
-    progress: &Progress,
-) -> Result<(u64, u64), PgError> {
+async fn copy_chunk(src: &Client, dst: &Client, chunk: &Chunk, progress: &Progress) -> Result<(u64, u64), PgError> {
     let context = format!("copying {}", chunk.table);
     let stream = src
         .copy_out(&chunk.copy_out_sql())
@@ -266,15 +247,9 @@ async fn copy_chunk(
         let data = data.map_err(PgError::sql(context.clone()))?;
         bytes += data.len() as u64;
         progress.add_bytes(data.len() as u64);
-        sink.feed(data)
-            .await
-            .map_err(PgError::sql(context.clone()))?;
+        sink.feed(data).await.map_err(PgError::sql(context.clone()))?;
     }
-    let rows = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(PgError::sql(context))?;
+    let rows = sink.as_mut().finish().await.map_err(PgError::sql(context))?;
     Ok((bytes, rows))
 }
 
@@ -307,26 +282,13 @@ mod tests {
         for pair in ranges.windows(2) {
             assert_eq!(pair[0].1, Some(pair[1].0), "ranges must touch: {ranges:?}");
         }
-        assert_eq!(
-            ranges.last().map(|r| r.1),
-            Some(None),
-            "the last range is open-ended"
-        );
-        assert!(
-            chunks
-                .iter()
-                .any(|c| c.table.name == "small" && c.blocks.is_none())
-        );
+        assert_eq!(ranges.last().map(|r| r.1), Some(None), "the last range is open-ended");
+        assert!(chunks.iter().any(|c| c.table.name == "small" && c.blocks.is_none()));
     }
 
     #[test]
     fn sql_shapes() {
-        let mut c = plan(
-            &[table("t", 10)],
-            &[QualifiedName::new("public", "t")],
-            MAX_CHUNK_BYTES,
-        )
-        .remove(0);
+        let mut c = plan(&[table("t", 10)], &[QualifiedName::new("public", "t")], MAX_CHUNK_BYTES).remove(0);
         assert_eq!(
             c.copy_out_sql(),
             "COPY \"public\".\"t\" (\"id\", \"v\") TO STDOUT (FORMAT text)"

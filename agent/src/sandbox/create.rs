@@ -35,10 +35,7 @@ pub struct CreateOptions {
 
 /// Creates a sandbox. On failure everything created so far is removed (source objects first) and the error is
 /// returned.
-pub async fn create(
-    opts: &CreateOptions,
-    say: &(dyn Fn(&str) + Sync),
-) -> Result<SandboxMeta, SandboxError> {
+pub async fn create(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Result<SandboxMeta, SandboxError> {
     let dir = opts.state_dir.sandbox_dir(&opts.name);
     if dir.exists() {
         return Err(SandboxError::Exists {
@@ -72,8 +69,7 @@ pub async fn create(
         .get(0);
 
     opts.state_dir.prepare()?;
-    std::fs::create_dir(&dir)
-        .map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir(&dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
     state::set_mode(&dir, 0o755)?;
     let mut meta = SandboxMeta {
         name: opts.name.clone(),
@@ -104,9 +100,7 @@ pub async fn create(
     match result {
         Ok(()) => Ok(meta),
         Err(err) => {
-            say(&format!(
-                "sandbox create failed; removing what it created: {err}"
-            ));
+            say(&format!("sandbox create failed; removing what it created: {err}"));
             if let Err(cleanup) = delete::delete(&opts.state_dir, &opts.name, None, false).await {
                 say(&format!("cleanup also failed: {cleanup}"));
             }
@@ -128,12 +122,8 @@ async fn build(
 ) -> Result<(), SandboxError> {
     let started = Instant::now();
     if let Some((tables, whole_schema)) = &checked.create_publication {
-        objects::create_publication(client, &meta.publication, tables, whole_schema.as_deref())
-            .await?;
-        say(&format!(
-            "created publication {} on the source",
-            meta.publication
-        ));
+        objects::create_publication(client, &meta.publication, tables, whole_schema.as_deref()).await?;
+        say(&format!("created publication {} on the source", meta.publication));
     }
     let tables = catalog::published_tables(client, &meta.publication).await?;
     let table_names: Vec<_> = tables.iter().map(|t| t.name.clone()).collect();
@@ -153,8 +143,7 @@ async fn build(
     ));
 
     let work: PathBuf = dir.join("work");
-    std::fs::create_dir_all(&work)
-        .map_err(|e| SandboxError::io(format!("creating {}", work.display()), e))?;
+    std::fs::create_dir_all(&work).map_err(|e| SandboxError::io(format!("creating {}", work.display()), e))?;
     let exclude = catalog::relations_outside(client, &table_names).await?;
     let leaving: Vec<_> = catalog::foreign_keys_leaving(client, &table_names)
         .await?
@@ -164,9 +153,7 @@ async fn build(
     let archive = schema::dump(bins, &opts.source, &exclude, &leaving, &work).await?;
     schema::restore(bins, &archive, &target, Section::PreData, 1).await?;
     let schema_seconds = started.elapsed().as_secs_f64();
-    say(&format!(
-        "schema restored (pre-data) in {schema_seconds:.1}s"
-    ));
+    say(&format!("schema restored (pre-data) in {schema_seconds:.1}s"));
 
     // The slot: recorded as ours before it exists (the metadata already names it), created with an exported
     // snapshot that every copy worker imports.
@@ -181,11 +168,7 @@ async fn build(
     let copy_started = Instant::now();
     let text_only = copy::text_only_tables(client, &tables).await?;
     let total_bytes: i64 = tables.iter().map(|t| t.bytes).sum();
-    let chunks = copy::plan(
-        &tables,
-        &text_only,
-        copy::chunk_bytes(total_bytes, opts.jobs),
-    );
+    let chunks = copy::plan(&tables, &text_only, copy::chunk_bytes(total_bytes, opts.jobs));
     let progress = Progress::start(
         "initial copy",
         chunks.len() as u64,
@@ -215,9 +198,7 @@ async fn build(
     let index_started = Instant::now();
     schema::restore(bins, &archive, &target, Section::PostData, opts.jobs).await?;
     let indexes_seconds = index_started.elapsed().as_secs_f64();
-    say(&format!(
-        "indexes and constraints built in {indexes_seconds:.1}s"
-    ));
+    say(&format!("indexes and constraints built in {indexes_seconds:.1}s"));
     let _ = std::fs::remove_dir_all(&work);
 
     let sandbox = cluster.connect(&meta.database).await?;
@@ -289,9 +270,7 @@ pub async fn wait_caught_up(
         if Instant::now() >= deadline {
             return Err(SandboxError::Failed(format!(
                 "the sandbox did not reach {lsn} within {timeout:?} (applied: {})",
-                applied
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "nothing".into())
+                applied.map(|a| a.to_string()).unwrap_or_else(|| "nothing".into())
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

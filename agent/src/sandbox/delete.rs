@@ -64,10 +64,7 @@ pub async fn delete(
     }
 
     // 2. The source: our slot, our subscription's tablesync slots, our publication.
-    let slot = meta
-        .as_ref()
-        .map(|m| m.slot.clone())
-        .unwrap_or_else(|| name.slot());
+    let slot = meta.as_ref().map(|m| m.slot.clone()).unwrap_or_else(|| name.slot());
     let own_publication = match &meta {
         Some(m) if m.publication_owned => Some(m.publication.clone()),
         Some(_) => None,
@@ -88,9 +85,7 @@ pub async fn delete(
             )
             .await
         }
-        None => Err(SandboxError::Failed(
-            "the source connection string is missing".into(),
-        )),
+        None => Err(SandboxError::Failed("the source connection string is missing".into())),
     };
     if let Err(err) = source_result {
         if !force {
@@ -113,8 +108,7 @@ pub async fn delete(
         report.cluster_removed = cluster.destroy().await.is_ok();
     }
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
         report.directory_removed = true;
     }
     Ok(report)

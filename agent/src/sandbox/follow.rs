@@ -69,10 +69,7 @@ impl Change {
     pub fn is_additive(&self) -> bool {
         matches!(
             self,
-            Change::AddSequence { .. }
-                | Change::AddTable { .. }
-                | Change::AddColumn { .. }
-                | Change::AddIndex { .. }
+            Change::AddSequence { .. } | Change::AddTable { .. } | Change::AddColumn { .. } | Change::AddIndex { .. }
         )
     }
 
@@ -140,10 +137,7 @@ struct TableShape {
     indexes: BTreeMap<String, String>,
 }
 
-async fn shapes(
-    client: &Client,
-    tables: &[QualifiedName],
-) -> Result<BTreeMap<QualifiedName, TableShape>, PgError> {
+async fn shapes(client: &Client, tables: &[QualifiedName]) -> Result<BTreeMap<QualifiedName, TableShape>, PgError> {
     let schemas: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
     let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
     let mut out: BTreeMap<QualifiedName, TableShape> = BTreeMap::new();
@@ -183,18 +177,13 @@ async fn shapes(
         .map_err(PgError::sql("reading indexes"))?;
     for row in rows {
         let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        out.entry(table)
-            .or_default()
-            .indexes
-            .insert(row.get(2), row.get(3));
+        out.entry(table).or_default().indexes.insert(row.get(2), row.get(3));
     }
     Ok(out)
 }
 
 /// Sequences with their `CREATE SEQUENCE` and the table that owns them (serial and identity columns).
-async fn sequences_of(
-    client: &Client,
-) -> Result<BTreeMap<QualifiedName, (String, Option<QualifiedName>)>, PgError> {
+async fn sequences_of(client: &Client) -> Result<BTreeMap<QualifiedName, (String, Option<QualifiedName>)>, PgError> {
     let rows = client
         .query(
             "SELECT s.schemaname::text, s.sequencename::text, \
@@ -229,11 +218,7 @@ async fn sequences_of(
 }
 
 /// The differences between the source's published tables (and sequences) and the sandbox.
-pub async fn diff(
-    source: &Client,
-    sandbox: &Client,
-    publication: &str,
-) -> Result<Vec<Change>, PgError> {
+pub async fn diff(source: &Client, sandbox: &Client, publication: &str) -> Result<Vec<Change>, PgError> {
     let published: Vec<QualifiedName> = catalog::published_tables(source, publication)
         .await?
         .into_iter()
@@ -258,9 +243,7 @@ pub async fn diff(
     let sandbox_seqs = sequences_of(sandbox).await?;
     for (seq, (definition, owner)) in &source_seqs {
         // A sequence owned by a table the sandbox lacks comes with that table.
-        let comes_with_table = owner
-            .as_ref()
-            .is_some_and(|t| !sandbox_shapes.contains_key(t));
+        let comes_with_table = owner.as_ref().is_some_and(|t| !sandbox_shapes.contains_key(t));
         if !sandbox_seqs.contains_key(seq) && !comes_with_table {
             changes.push(Change::AddSequence {
                 sequence: seq.clone(),
@@ -273,9 +256,7 @@ pub async fn diff(
             continue;
         };
         let Some(dst) = sandbox_shapes.get(table) else {
-            changes.push(Change::AddTable {
-                table: table.clone(),
-            });
+            changes.push(Change::AddTable { table: table.clone() });
             continue;
         };
         for (column, shape) in &src.columns {
@@ -287,14 +268,12 @@ pub async fn diff(
                     default: shape.default.clone(),
                     not_null: shape.not_null,
                 }),
-                Some(have) if have.data_type != shape.data_type => {
-                    changes.push(Change::ChangeType {
-                        table: table.clone(),
-                        column: column.clone(),
-                        from: have.data_type.clone(),
-                        to: shape.data_type.clone(),
-                    })
-                }
+                Some(have) if have.data_type != shape.data_type => changes.push(Change::ChangeType {
+                    table: table.clone(),
+                    column: column.clone(),
+                    from: have.data_type.clone(),
+                    to: shape.data_type.clone(),
+                }),
                 Some(_) => {}
             }
         }
@@ -321,9 +300,7 @@ pub async fn diff(
         }
     }
     for table in subscribed.iter().filter(|t| !published.contains(t)) {
-        changes.push(Change::LeftPublication {
-            table: table.clone(),
-        });
+        changes.push(Change::LeftPublication { table: table.clone() });
     }
     changes.sort_by_key(Change::order);
     Ok(changes)
@@ -341,10 +318,7 @@ pub struct FollowReport {
 
 /// One pass of the follower over sandbox `name`: source guard, DDL, sequences. Records the outcome in the
 /// metadata.
-pub async fn follow_once(
-    state_dir: &StateDir,
-    name: &SandboxName,
-) -> Result<FollowReport, SandboxError> {
+pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<FollowReport, SandboxError> {
     let dir = state_dir.sandbox_dir(name);
     if !dir.exists() {
         return Err(SandboxError::NotFound {
@@ -389,10 +363,7 @@ pub async fn follow_once(
             report.error = meta.last_error.as_ref().map(|e| e.message.clone());
             return Ok(report);
         }
-        Some(slot)
-            if slot.retained_bytes > meta.wal_budget_bytes
-                || slot.wal_status.as_deref() == Some("lost") =>
-        {
+        Some(slot) if slot.retained_bytes > meta.wal_budget_bytes || slot.wal_status.as_deref() == Some("lost") => {
             trip_breaker(&source, &sandbox, &mut meta, slot.retained_bytes).await?;
             meta.save(&dir)?;
             report.breaker_tripped = true;
@@ -410,16 +381,7 @@ pub async fn follow_once(
             pending.push(change.describe());
             continue;
         }
-        match apply(
-            &source_info,
-            &cluster,
-            &sandbox,
-            &meta.database,
-            change,
-            &dir,
-        )
-        .await
-        {
+        match apply(&source_info, &cluster, &sandbox, &meta.database, change, &dir).await {
             Ok(()) => {
                 if matches!(change, Change::AddTable { .. }) {
                     refresh = true;
@@ -505,29 +467,22 @@ async fn apply(
         Change::AddIndex { definition, .. } => {
             let definition = definition
                 .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
-                .replacen(
-                    "CREATE UNIQUE INDEX ",
-                    "CREATE UNIQUE INDEX IF NOT EXISTS ",
-                    1,
-                );
+                .replacen("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1);
             exec(definition).await
         }
         Change::AddTable { table } => {
             let bins = PgBinaries::locate()?;
             let work = dir.join("work");
-            std::fs::create_dir_all(&work)
-                .map_err(|e| SandboxError::io("creating the work directory", e))?;
+            std::fs::create_dir_all(&work).map_err(|e| SandboxError::io("creating the work directory", e))?;
             let archive = work.join(format!("table-{}-{}.dump", table.schema, table.name));
-            tools::dump_tables_schema(&bins, source, std::slice::from_ref(table), &archive).await?;
-            let result = tools::restore(
+            tools::dump_schema(
                 &bins,
+                source,
+                tools::DumpScope::Only(std::slice::from_ref(table)),
                 &archive,
-                &cluster.conninfo(database),
-                Section::All,
-                None,
-                1,
             )
-            .await;
+            .await?;
+            let result = tools::restore(&bins, &archive, &cluster.conninfo(database), Section::All, None, 1).await;
             let _ = std::fs::remove_file(&archive);
             result.map_err(SandboxError::from)
         }

@@ -38,9 +38,7 @@ pub enum SandboxError {
     Pg(#[from] PgError),
     #[error("no sandbox named {name} in {state_dir} (see `understudy sandbox list`)")]
     NotFound { name: String, state_dir: PathBuf },
-    #[error(
-        "a sandbox named {name} already exists in {dir}; delete it first (`understudy sandbox delete {name}`)"
-    )]
+    #[error("a sandbox named {name} already exists in {dir}; delete it first (`understudy sandbox delete {name}`)")]
     Exists { name: String, dir: PathBuf },
     #[error("{what}: {source}")]
     Io {

@@ -23,7 +23,7 @@ pub async fn dump(
     work: &Path,
 ) -> Result<SchemaArchive, PgError> {
     let archive = work.join("schema.dump");
-    tools::dump_schema(bins, source, exclude, &archive).await?;
+    tools::dump_schema(bins, source, tools::DumpScope::AllExcept(exclude), &archive).await?;
     let toc = tools::archive_toc(bins, &archive).await?;
     let list = work.join("schema.list");
     std::fs::write(&list, filter_toc(&toc, drop_constraints))
@@ -40,11 +40,7 @@ pub fn filter_toc(toc: &str, drop_constraints: &[(QualifiedName, String)]) -> St
                     let entry = format!(" FK CONSTRAINT {} {} {name}", table.schema, table.name);
                     line.contains(&format!("{entry} ")) || line.ends_with(&entry)
                 });
-            if dropped {
-                format!(";{line}")
-            } else {
-                line.to_string()
-            }
+            if dropped { format!(";{line}") } else { line.to_string() }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -58,15 +54,7 @@ pub async fn restore(
     section: Section,
     jobs: usize,
 ) -> Result<(), PgError> {
-    tools::restore(
-        bins,
-        &schema.archive,
-        target,
-        section,
-        Some(&schema.list),
-        jobs,
-    )
-    .await
+    tools::restore(bins, &schema.archive, target, section, Some(&schema.list), jobs).await
 }
 
 #[cfg(test)]
@@ -80,10 +68,7 @@ mod tests {
                    215; 1259 16385 TABLE public orders postgres";
         let out = filter_toc(
             toc,
-            &[(
-                QualifiedName::new("public", "orders"),
-                "orders_user_fk".into(),
-            )],
+            &[(QualifiedName::new("public", "orders"), "orders_user_fk".into())],
         );
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[1].starts_with(';'), "{out}");

@@ -16,10 +16,7 @@ pub struct SequenceSync {
 /// Sets every sandbox sequence that exists on the source to the source's current value.
 pub async fn sync(source: &Client, sandbox: &Client) -> Result<SequenceSync, PgError> {
     let local = sandbox
-        .query(
-            "SELECT schemaname::text, sequencename::text FROM pg_sequences",
-            &[],
-        )
+        .query("SELECT schemaname::text, sequencename::text FROM pg_sequences", &[])
         .await
         .map_err(PgError::sql("listing the sandbox's sequences"))?;
     let local: Vec<QualifiedName> = local

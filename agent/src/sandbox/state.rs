@@ -72,8 +72,7 @@ impl StateDir {
     /// Creates the directories leading to a sandbox, traversable by the server's OS user.
     pub fn prepare(&self) -> Result<(), SandboxError> {
         let dir = self.root.join("sandboxes");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
         for d in [&self.root, &dir] {
             set_mode(d, 0o755)?;
         }
@@ -156,22 +155,18 @@ impl SandboxMeta {
 
     pub fn load(dir: &Path) -> Result<Self, SandboxError> {
         let path = Self::path(dir);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| SandboxError::Corrupt(format!("{}: {e}", path.display())))
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_str(&text).map_err(|e| SandboxError::Corrupt(format!("{}: {e}", path.display())))
     }
 
     /// Writes atomically (temp file + rename).
     pub fn save(&self, dir: &Path) -> Result<(), SandboxError> {
         let path = Self::path(dir);
         let tmp = dir.join("sandbox.json.tmp");
-        let text =
-            serde_json::to_string_pretty(self).map_err(|e| SandboxError::Corrupt(e.to_string()))?;
-        std::fs::write(&tmp, text)
-            .map_err(|e| SandboxError::io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))
+        let text = serde_json::to_string_pretty(self).map_err(|e| SandboxError::Corrupt(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| SandboxError::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))
     }
 
     pub fn record_error(&mut self, message: impl Into<String>, fix: impl Into<String>) {
@@ -201,8 +196,8 @@ pub fn save_source(dir: &Path, source: &ConnInfo) -> Result<(), SandboxError> {
 
 pub fn load_source(dir: &Path) -> Result<ConnInfo, SandboxError> {
     let path = dir.join("source.conninfo");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
     ConnInfo::parse(&text).map_err(|e| SandboxError::Corrupt(format!("{}: {e}", path.display())))
 }
 

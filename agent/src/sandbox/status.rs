@@ -69,10 +69,7 @@ pub struct SandboxStatus {
 }
 
 /// Reads the status of sandbox `name`.
-pub async fn status(
-    state_dir: &StateDir,
-    name: &SandboxName,
-) -> Result<SandboxStatus, SandboxError> {
+pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxStatus, SandboxError> {
     let dir = state_dir.sandbox_dir(name);
     if !dir.exists() {
         return Err(SandboxError::NotFound {
@@ -126,9 +123,7 @@ pub async fn status(
                 read_sandbox(&client, &meta, &mut out).await?;
                 sandbox_client = Some(client);
             }
-            Err(e) => reasons.push(format!(
-                "the sandbox server does not accept connections: {e}"
-            )),
+            Err(e) => reasons.push(format!("the sandbox server does not accept connections: {e}")),
         }
     } else {
         reasons.push(format!(
@@ -136,9 +131,7 @@ pub async fn status(
         ));
     }
     if cluster_running && !out.apply_worker_running && meta.phase != Phase::Stale {
-        reasons.push(
-            "the apply worker is not running (see the sandbox log and last_error)".to_string(),
-        );
+        reasons.push("the apply worker is not running (see the sandbox log and last_error)".to_string());
     }
     if out.tables.iter().any(|t| t.state != "ready") {
         out.state = SandboxState::InitialSync;
@@ -169,15 +162,11 @@ pub async fn status(
                 None => {}
             }
             out.lag_seconds = side.lag_seconds;
-            if let (Some(client), Ok(source)) =
-                (&sandbox_client, crate::sandbox::state::load_source(&dir))
+            if let (Some(client), Ok(source)) = (&sandbox_client, crate::sandbox::state::load_source(&dir))
                 && let Ok(src) = connect_source(&source, "understudy-status").await
                 && let Ok(diff) = follow::diff(&src, client, &meta.publication).await
             {
-                for change in diff
-                    .iter()
-                    .filter(|c| !meta.pending_drift.contains(&c.describe()))
-                {
+                for change in diff.iter().filter(|c| !meta.pending_drift.contains(&c.describe())) {
                     out.drift.push(change.describe());
                 }
             }
@@ -244,10 +233,7 @@ async fn read_sandbox(
     Ok(())
 }
 
-async fn read_source(
-    dir: &std::path::Path,
-    meta: &SandboxMeta,
-) -> Result<SourceSide, SandboxError> {
+async fn read_source(dir: &std::path::Path, meta: &SandboxMeta) -> Result<SourceSide, SandboxError> {
     let source = crate::sandbox::state::load_source(dir)?;
     let client = connect_source(&source, "understudy-status").await?;
     let slot = objects::slot_info(&client, &meta.slot).await?;

@@ -54,10 +54,7 @@ pub async fn server_version_num(client: &Client) -> Result<i32, PgError> {
 }
 
 /// Tables of `publication` with their published columns and row filters.
-pub async fn published_tables(
-    client: &Client,
-    publication: &str,
-) -> Result<Vec<PublishedTable>, PgError> {
+pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<PublishedTable>, PgError> {
     let version = server_version_num(client).await?;
     let query = if version >= 150000 {
         "SELECT c.oid, p.schemaname::text, p.tablename::text, p.attnames::text[], p.rowfilter, \
@@ -152,10 +149,7 @@ pub async fn table_facts(
 }
 
 /// Ordinary and partitioned tables of a schema.
-pub async fn tables_in_schema(
-    client: &Client,
-    schema: &str,
-) -> Result<Vec<QualifiedName>, PgError> {
+pub async fn tables_in_schema(client: &Client, schema: &str) -> Result<Vec<QualifiedName>, PgError> {
     let rows = client
         .query(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -172,10 +166,7 @@ pub async fn tables_in_schema(
 
 /// Relations (tables, views, materialized views, foreign tables) of user schemas that are not in `keep`: the
 /// schema dump leaves them out.
-pub async fn relations_outside(
-    client: &Client,
-    keep: &[QualifiedName],
-) -> Result<Vec<QualifiedName>, PgError> {
+pub async fn relations_outside(client: &Client, keep: &[QualifiedName]) -> Result<Vec<QualifiedName>, PgError> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

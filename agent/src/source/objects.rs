@@ -20,22 +20,13 @@ pub async fn create_publication(
         Some(schema) => format!("TABLES IN SCHEMA {}", quote_ident(schema)),
         None => format!(
             "TABLE {}",
-            tables
-                .iter()
-                .map(QualifiedName::sql)
-                .collect::<Vec<_>>()
-                .join(", ")
+            tables.iter().map(QualifiedName::sql).collect::<Vec<_>>().join(", ")
         ),
     };
     client
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {} FOR {target}",
-            quote_ident(name)
-        ))
+        .batch_execute(&format!("CREATE PUBLICATION {} FOR {target}", quote_ident(name)))
         .await
-        .map_err(PgError::sql(format!(
-            "creating publication {name} on the source"
-        )))
+        .map_err(PgError::sql(format!("creating publication {name} on the source")))
 }
 
 /// Drops publication `name` if it exists.
@@ -44,9 +35,7 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<bool, PgErr
     client
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
         .await
-        .map_err(PgError::sql(format!(
-            "dropping publication {name} on the source"
-        )))?;
+        .map_err(PgError::sql(format!("dropping publication {name} on the source")))?;
     Ok(existed)
 }
 
@@ -142,10 +131,7 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, PgError> {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        match client
-            .query("SELECT pg_drop_replication_slot($1)", &[&name])
-            .await
-        {
+        match client.query("SELECT pg_drop_replication_slot($1)", &[&name]).await {
             Ok(_) => return Ok(true),
             // 55006: object in use (a walsender took it again); 42704: gone meanwhile.
             Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {

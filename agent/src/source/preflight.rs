@@ -117,14 +117,15 @@ pub async fn run(
         problems.push(Problem {
             code: "wal-level",
             message: format!("wal_level is {wal_level:?}; logical replication needs \"logical\""),
-            fix: "run ALTER SYSTEM SET wal_level = logical on the source and restart it"
-                .to_string(),
+            fix: "run ALTER SYSTEM SET wal_level = logical on the source and restart it".to_string(),
         });
     }
     if i64::from(max_slots) - used_slots < 1 {
         problems.push(Problem {
             code: "replication-slots",
-            message: format!("no free replication slot: max_replication_slots = {max_slots} and {used_slots} are in use"),
+            message: format!(
+                "no free replication slot: max_replication_slots = {max_slots} and {used_slots} are in use"
+            ),
             fix: "raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = ...) and restart the \
                   source, or drop an unused slot with pg_drop_replication_slot"
                 .to_string(),
@@ -194,17 +195,13 @@ pub async fn run(
                 Some(row) => {
                     let (update, delete): (bool, bool) = (row.get(0), row.get(1));
                     publishes_changes = update || delete;
-                    let listed: Vec<PublishedTable> =
-                        catalog::published_tables(client, name).await?;
+                    let listed: Vec<PublishedTable> = catalog::published_tables(client, name).await?;
                     tables = listed.into_iter().map(|t| t.name).collect();
                     if tables.is_empty() {
                         problems.push(Problem {
                             code: "publication-empty",
                             message: format!("publication {name} publishes no table"),
-                            fix: format!(
-                                "add tables: ALTER PUBLICATION {} ADD TABLE ...",
-                                quote_ident(name)
-                            ),
+                            fix: format!("add tables: ALTER PUBLICATION {} ADD TABLE ...", quote_ident(name)),
                         });
                     }
                 }
@@ -260,11 +257,7 @@ pub async fn run(
             } else {
                 format!("role {role} does not own {}", join(&not_owned))
             };
-            let list = tables
-                .iter()
-                .map(QualifiedName::sql)
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = tables.iter().map(QualifiedName::sql).collect::<Vec<_>>().join(", ");
             problems.push(Problem {
                 code: "create-publication",
                 message: format!("Understudy cannot create the publication: {reason}"),
@@ -276,19 +269,10 @@ pub async fn run(
             });
         }
     }
-    let unreadable: Vec<QualifiedName> = facts
-        .iter()
-        .filter(|t| !t.can_select)
-        .map(|t| t.name.clone())
-        .collect();
+    let unreadable: Vec<QualifiedName> = facts.iter().filter(|t| !t.can_select).map(|t| t.name.clone()).collect();
     if !unreadable.is_empty() {
-        let list = unreadable
-            .iter()
-            .map(QualifiedName::sql)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let schemas: std::collections::BTreeSet<String> =
-            unreadable.iter().map(|t| quote_ident(&t.schema)).collect();
+        let list = unreadable.iter().map(QualifiedName::sql).collect::<Vec<_>>().join(", ");
+        let schemas: std::collections::BTreeSet<String> = unreadable.iter().map(|t| quote_ident(&t.schema)).collect();
         problems.push(Problem {
             code: "select-privilege",
             message: format!("role {role} cannot read {}", join(&unreadable)),
@@ -300,8 +284,7 @@ pub async fn run(
         });
     }
     if publishes_changes {
-        let without: Vec<&TableFacts> =
-            facts.iter().filter(|t| !t.has_replica_identity()).collect();
+        let without: Vec<&TableFacts> = facts.iter().filter(|t| !t.has_replica_identity()).collect();
         if !without.is_empty() {
             let names: Vec<QualifiedName> = without.iter().map(|t| t.name.clone()).collect();
             problems.push(Problem {
@@ -343,9 +326,5 @@ pub async fn run(
 }
 
 fn join(names: &[QualifiedName]) -> String {
-    names
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -49,10 +49,7 @@ pub async fn table_checksum(
 }
 
 /// Checksums of several tables.
-pub async fn checksums(
-    client: &Client,
-    tables: &[QualifiedName],
-) -> Result<Vec<TableChecksum>, PgError> {
+pub async fn checksums(client: &Client, tables: &[QualifiedName]) -> Result<Vec<TableChecksum>, PgError> {
     let mut out = Vec::with_capacity(tables.len());
     for table in tables {
         out.push(table_checksum(client, table, &[]).await?);

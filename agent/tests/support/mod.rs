@@ -22,8 +22,7 @@ impl TempRoot {
         let path = std::env::temp_dir().join(format!("us-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp root");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod temp root");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp root");
         TempRoot(path)
     }
 
@@ -53,19 +52,11 @@ pub async fn sample_source(root: &TempRoot, rows: i64) -> SourceServer {
     let source = SourceServer::start(&root.path().join("source"), "shop", &[])
         .await
         .expect("start source");
-    source
-        .load_sample(rows, "shop_pub")
-        .await
-        .expect("load sample");
+    source.load_sample(rows, "shop_pub").await.expect("load sample");
     source
 }
 
-pub fn create_options(
-    root: &TempRoot,
-    source: &SourceServer,
-    name: &str,
-    replicate: Replicate,
-) -> CreateOptions {
+pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replicate: Replicate) -> CreateOptions {
     CreateOptions {
         name: SandboxName::parse(name).expect("valid name"),
         source: source.replicator_conninfo(),
@@ -117,17 +108,12 @@ pub async fn assert_parity(source: &SourceServer, meta: &SandboxMeta, tables: &[
         .connect(&meta.database)
         .await
         .expect("connect sandbox");
-    let a = checksum::checksums(&admin, tables)
-        .await
-        .expect("source checksums");
+    let a = checksum::checksums(&admin, tables).await.expect("source checksums");
     let b = checksum::checksums(&sandbox_db, tables)
         .await
         .expect("sandbox checksums");
     assert_eq!(a, b, "source and sandbox differ");
-    assert!(
-        a.iter().all(|c| c.rows > 0),
-        "tables must not be empty: {a:?}"
-    );
+    assert!(a.iter().all(|c| c.rows > 0), "tables must not be empty: {a:?}");
 }
 
 /// Slots and publications of ours (`understudy_%`) on the source.
