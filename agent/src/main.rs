@@ -33,6 +33,9 @@ enum Command {
     /// Sandboxes: databases kept current with a source by logical replication
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Forks: writable copies of a sandbox at an exact point, that never reach the source
+    #[command(subcommand)]
+    Fork(ForkCommand),
     /// Start an embedded "production" with a steady writer, follow it with a sandbox, and show it staying current
     Demo(DemoArgs),
 }
@@ -72,6 +75,35 @@ enum SandboxCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ForkCommand {
+    /// Fork a sandbox now
+    Create {
+        /// The sandbox to fork
+        sandbox: String,
+        /// The fork's name [default: SANDBOX-<random>]
+        #[arg(long)]
+        name: Option<String>,
+        /// Copy strategy [default: the fastest the state directory supports]
+        #[arg(long, value_enum)]
+        strategy: Option<understudy::fork::Strategy>,
+        /// Remove the fork after this long (e.g. 30m, 4h, 2d)
+        #[arg(long, default_value = "4h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// List forks
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Delete a fork and its capture slot
+    Delete { name: String },
+    /// Remove expired forks and forks whose creation was interrupted
+    Sweep,
 }
 
 #[derive(Args)]
@@ -148,6 +180,23 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok((value * mult) as u64)
 }
 
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30m, 4h or 2d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" | "" => n * 3600,
+        "d" => n * 86400,
+        other => return Err(format!("unknown duration unit {other:?} (use s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = if cli.verbose { "understudy=debug,info" } else { "warn" };
@@ -179,6 +228,15 @@ fn main() -> ExitCode {
                             | SandboxError::NotFound { .. }
                             | SandboxError::Exists { .. }
                     )
+                ) || matches!(
+                    e.downcast_ref::<understudy::fork::ForkError>(),
+                    Some(
+                        understudy::fork::ForkError::NotFound(_)
+                            | understudy::fork::ForkError::NotReady { .. }
+                            | understudy::fork::ForkError::Unsupported { .. }
+                            | understudy::fork::ForkError::Exists(_)
+                            | understudy::fork::ForkError::Sandbox(SandboxError::NotFound { .. })
+                    )
                 ) || e.downcast_ref::<understudy::pg::conninfo::ConnInfoError>().is_some()
             });
             if bad_input {
@@ -193,6 +251,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, state_dir: StateDir) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sandbox(cmd) => sandbox_command(cmd, state_dir).await,
+        Command::Fork(cmd) => fork_command(cmd, state_dir).await,
         Command::Demo(args) => {
             let outcome = understudy::demo::run(understudy::demo::DemoOptions {
                 keep: args.keep,
@@ -351,6 +410,103 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
                 println!("dropped publication {p} on the source");
             }
             println!("sandbox {name} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn fork_command(cmd: ForkCommand, state_dir: StateDir) -> anyhow::Result<ExitCode> {
+    use understudy::fork;
+    match cmd {
+        ForkCommand::Create {
+            sandbox,
+            name,
+            strategy,
+            ttl,
+            format,
+        } => {
+            let sandbox = SandboxName::parse(&sandbox).map_err(SandboxError::from)?;
+            let name = match name {
+                Some(n) => SandboxName::parse(&n).map_err(SandboxError::from)?,
+                None => fork::default_name(&sandbox)?,
+            };
+            let opts = fork::ForkOptions {
+                sandbox,
+                name: Some(name.clone()),
+                strategy,
+                ttl,
+            };
+            let say = |line: &str| eprintln!("{line}");
+            let meta = tokio::select! {
+                result = fork::create(&state_dir, &opts, &say) => result?,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("interrupted; removing the fork");
+                    // The interrupted create was dropped (its copy killed); remove what it left.
+                    if let Err(e) = fork::delete(&state_dir, &name).await {
+                        eprintln!("cleanup: {e}");
+                    }
+                    return Err(SandboxError::Interrupted.into());
+                }
+            };
+            let sandbox_meta = sandbox::SandboxMeta::load(&state_dir.sandbox_dir(&meta.sandbox))?;
+            if format == Format::Json {
+                let mut value = serde_json::to_value(&meta)?;
+                value["conninfo"] = serde_json::Value::String(meta.conninfo(&sandbox_meta));
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!(
+                    "fork {} of {} at {} ({}; {}), ready in {} ms, sandbox apply paused {} ms",
+                    meta.name,
+                    meta.sandbox,
+                    meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
+                    meta.strategy.as_str(),
+                    meta.strategy_reason,
+                    meta.timings.total_ms,
+                    meta.timings.pause_ms
+                );
+                println!("connect: psql \"{}\"", meta.conninfo(&sandbox_meta));
+                println!(
+                    "expires {}; remove with: understudy fork delete {}",
+                    meta.expires_at, meta.name
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ForkCommand::List { format } => {
+            let forks = fork::list(&state_dir);
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&forks)?);
+            } else if forks.is_empty() {
+                println!("no forks in {}", state_dir.root().display());
+            } else {
+                println!(
+                    "{:<28} {:<20} {:<15} {:<14} {:<10} EXPIRES",
+                    "NAME", "SANDBOX", "STRATEGY", "LSN", "PHASE"
+                );
+                for f in forks {
+                    println!(
+                        "{:<28} {:<20} {:<15} {:<14} {:<10} {}",
+                        f.name.as_str(),
+                        f.sandbox.as_str(),
+                        f.strategy.as_str(),
+                        f.lsn.map(|l| l.to_string()).unwrap_or_default(),
+                        format!("{:?}", f.phase).to_lowercase(),
+                        f.expires_at
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ForkCommand::Delete { name } => {
+            let name = SandboxName::parse(&name).map_err(SandboxError::from)?;
+            fork::delete(&state_dir, &name).await?;
+            println!("fork {name} deleted (and its capture slot on the sandbox)");
+            Ok(ExitCode::SUCCESS)
+        }
+        ForkCommand::Sweep => {
+            for name in fork::sweep(&state_dir).await? {
+                println!("removed fork {name}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

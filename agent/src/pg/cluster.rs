@@ -80,7 +80,8 @@ impl Cluster {
     pub async fn init(bins: PgBinaries, run_as: RunAs, config: ClusterConfig) -> Result<Self, PgError> {
         let cluster = Cluster { bins, run_as, config };
         let data = &cluster.config.data_dir;
-        if data.exists() {
+        let empty_dir = std::fs::read_dir(data).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if data.exists() && !empty_dir {
             return Err(PgError::Config(format!(
                 "{} already exists; refusing to initdb over it",
                 data.display()
@@ -119,6 +120,29 @@ impl Cluster {
         if !out.status.success() {
             return Err(tool_error("initdb", &out));
         }
+        cluster.write_settings()?;
+        Ok(cluster)
+    }
+
+    /// Takes over a data directory copied from another cluster (a fork): removes the copied lock file and
+    /// options, gives it this configuration's port, socket and settings, and owns its new socket directory.
+    pub fn adopt(bins: PgBinaries, run_as: RunAs, config: ClusterConfig) -> Result<Self, PgError> {
+        let cluster = Cluster { bins, run_as, config };
+        if let Some(parent) = cluster.config.data_dir.parent() {
+            cluster.run_as.own(parent)?;
+        }
+        for stale in ["postmaster.pid", "postmaster.opts"] {
+            let path = cluster.config.data_dir.join(stale);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PgError::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        std::fs::create_dir_all(&cluster.config.socket_dir)
+            .map_err(|e| PgError::io(format!("creating {}", cluster.config.socket_dir.display()), e))?;
+        cluster.run_as.own(&cluster.config.socket_dir)?;
+        set_mode(&cluster.config.socket_dir, 0o700)?;
         cluster.write_settings()?;
         Ok(cluster)
     }
@@ -242,10 +266,22 @@ impl Cluster {
             return Ok(ClusterStatus::Missing);
         }
         match self.postmaster_pid() {
-            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) => {
-                Ok(ClusterStatus::Running { pid })
-            }
+            Some(pid) if self.is_our_postmaster(pid) => Ok(ClusterStatus::Running { pid }),
             _ => Ok(ClusterStatus::Stopped),
+        }
+    }
+
+    /// True when `pid` is a live postmaster of *this* data directory. A copied data directory (a fork) carries
+    /// the original's `postmaster.pid`: trusting it would signal the original's server.
+    fn is_our_postmaster(&self, pid: u32) -> bool {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return false;
+        }
+        let ours = std::fs::canonicalize(&self.config.data_dir).unwrap_or_else(|_| self.config.data_dir.clone());
+        match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            Ok(cwd) => cwd == ours,
+            // Not allowed to look (another user's process): fall back to its command line.
+            Err(_) => postmasters_under(&self.config.data_dir).contains(&pid),
         }
     }
 
@@ -259,6 +295,7 @@ impl Cluster {
     pub fn kill9(&self) -> Result<(), PgError> {
         let pid = self
             .postmaster_pid()
+            .filter(|p| self.is_our_postmaster(*p))
             .ok_or_else(|| PgError::Config("the cluster is not running".into()))?;
         let status = std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])
@@ -280,11 +317,7 @@ impl Cluster {
                 .status();
         }
         for dir in [&self.config.data_dir, &self.config.socket_dir] {
-            match std::fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(PgError::io(format!("removing {}", dir.display()), e)),
-            }
+            crate::cow::remove_dir(dir).map_err(|e| PgError::io(format!("removing {}", dir.display()), e))?;
         }
         Ok(())
     }
@@ -292,10 +325,7 @@ impl Cluster {
     /// Kills (SIGKILL) any postmaster still running on this data directory, also when `postmaster.pid` is gone.
     pub fn kill_strays(&self) {
         let mut pids = postmasters_under(&self.config.data_dir);
-        pids.extend(
-            self.postmaster_pid()
-                .filter(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)),
-        );
+        pids.extend(self.postmaster_pid().filter(|p| self.is_our_postmaster(*p)));
         for pid in pids {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
@@ -313,8 +343,19 @@ impl Cluster {
     }
 
     /// A connection to `dbname` as the superuser.
+    /// Refused connections are retried for a moment: a local server answers "connection refused" briefly while
+    /// it reaps a backend that was killed with its client.
     pub async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client, PgError> {
-        connect_plain(&self.conninfo(dbname), "understudy").await
+        let mut attempts = 0;
+        loop {
+            match connect_plain(&self.conninfo(dbname), "understudy").await {
+                Err(PgError::Config(msg)) if msg.contains("Connection refused") && attempts < 20 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Waits until the server accepts connections, up to `timeout`.

@@ -128,6 +128,11 @@ async fn build(
     let tables = catalog::published_tables(client, &meta.publication).await?;
     let table_names: Vec<_> = tables.iter().map(|t| t.name.clone()).collect();
 
+    // On btrfs the data directory is a subvolume, so that forks can snapshot it in constant time.
+    if crate::cow::make_subvolume_if_btrfs(&meta.cluster.data_dir) {
+        run_as.own(&meta.cluster.data_dir)?;
+        say("the sandbox's data directory is a btrfs subvolume (forks will be snapshots)");
+    }
     let cluster = Cluster::init(bins.clone(), run_as, meta.cluster.clone()).await?;
     cluster.start().await?;
     let admin = cluster.connect("postgres").await?;

@@ -108,6 +108,7 @@ pub async fn delete(
         report.cluster_removed = cluster.destroy().await.is_ok();
     }
     if dir.exists() {
+        let _ = crate::cow::remove_dir(&dir.join("pgdata"));
         std::fs::remove_dir_all(&dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
         report.directory_removed = true;
     }

@@ -337,6 +337,28 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
         cluster.start().await?;
     }
     let sandbox = cluster.connect(&meta.database).await?;
+    // A fork holds this lock while it pauses the sandbox: skip the pass rather than disturb its fork point. Held
+    // by this pass until it ends (the connection closes).
+    let pause_guard = cluster.connect("postgres").await?;
+    let free: bool = pause_guard
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&crate::fork::PAUSE_LOCK])
+        .await
+        .map_err(PgError::sql("checking the fork pause lock"))?
+        .get(0);
+    if !free {
+        report.error = Some("a fork is pausing the sandbox; pass skipped".into());
+        return Ok(report);
+    }
+    // A subscription left disabled by an interrupted fork is enabled again.
+    sandbox
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = {n} AND NOT subenabled) THEN \
+             ALTER SUBSCRIPTION {i} ENABLE; END IF; END $$",
+            n = crate::pg::quote_literal(&meta.subscription),
+            i = quote_ident(&meta.subscription)
+        ))
+        .await
+        .map_err(PgError::sql("re-enabling the subscription"))?;
     let source_info = state::load_source(&dir)?;
     let source = match connect_source(&source_info, "understudy-follow").await {
         Ok(c) => c,

@@ -83,6 +83,8 @@ pub fn sandbox_cluster_config(dir: &std::path::Path) -> ClusterConfig {
             ("max_sync_workers_per_subscription".into(), "2".into()),
             ("wal_retrieve_retry_interval".into(), "1s".into()),
             ("wal_receiver_status_interval".into(), "1s".into()),
+            // The apply worker commits asynchronously; a short writer delay keeps capture slots close behind.
+            ("wal_writer_delay".into(), "10ms".into()),
             ("max_wal_size".into(), "4GB".into()),
             ("checkpoint_timeout".into(), "15min".into()),
             ("maintenance_work_mem".into(), "256MB".into()),

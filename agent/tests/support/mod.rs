@@ -154,3 +154,80 @@ where
     }
     panic!("timed out after {timeout:?} waiting for {what}");
 }
+
+/// A loop-mounted filesystem (btrfs or xfs with reflink) for copy-on-write fork tests; root only.
+pub struct LoopMount {
+    pub dir: PathBuf,
+    image: PathBuf,
+}
+
+impl LoopMount {
+    /// Mounts a fresh `kind` filesystem of `megabytes` under `parent`. `None` when not root (the caller says
+    /// the strategy cannot be tested here); as root a failure is a test failure.
+    pub fn new(parent: &Path, kind: &str, megabytes: u64) -> Option<Self> {
+        if !understudy::pg::os_user::running_as_root() {
+            eprintln!("not root: cannot loop-mount {kind}; this strategy is not tested here");
+            return None;
+        }
+        let image = parent.join(format!("{kind}.img"));
+        let dir = parent.join(format!("{kind}-mnt"));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let file = std::fs::File::create(&image).expect("image");
+        file.set_len(megabytes * 1024 * 1024).expect("size image");
+        let mkfs = match kind {
+            "btrfs" => std::process::Command::new("mkfs.btrfs").arg("-q").arg(&image).output(),
+            "xfs" => std::process::Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image)
+                .output(),
+            "ext4" => std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image)
+                .output(),
+            other => panic!("unknown filesystem {other}"),
+        }
+        .expect("run mkfs (install btrfs-progs / xfsprogs: bash .ci/setup)");
+        assert!(
+            mkfs.status.success(),
+            "mkfs.{kind}: {}",
+            String::from_utf8_lossy(&mkfs.stderr)
+        );
+        let mount = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&dir)
+            .output()
+            .expect("mount");
+        assert!(
+            mount.status.success(),
+            "mount {kind}: {}",
+            String::from_utf8_lossy(&mount.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Some(LoopMount { dir, image })
+    }
+
+    pub fn state(&self) -> StateDir {
+        StateDir::at(self.dir.join("state"))
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        for pid in understudy::pg::cluster::postmasters_under(&self.dir) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        for _ in 0..50 {
+            let out = std::process::Command::new("umount").arg(&self.dir).output();
+            if out.map(|o| o.status.success()).unwrap_or(false) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

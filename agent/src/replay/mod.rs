@@ -1,0 +1,8 @@
+//! Replay: reading the write stream captured on a sandbox (a capture slot) and applying it to a fork through
+//! ordinary client sessions, as the application's writes would arrive.
+
+pub mod apply;
+pub mod capture;
+
+pub use apply::{Applier, ApplyError};
+pub use capture::{CaptureReader, Change, Transaction};
