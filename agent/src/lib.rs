@@ -3,8 +3,11 @@
 
 pub mod cow;
 pub mod demo;
+pub mod dryrun;
 pub mod fork;
+pub mod locks;
 pub mod lsn;
+pub mod migrate;
 pub mod pg;
 pub mod pgoutput;
 pub mod progress;

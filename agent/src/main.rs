@@ -36,6 +36,8 @@ enum Command {
     /// Forks: writable copies of a sandbox at an exact point, that never reach the source
     #[command(subcommand)]
     Fork(ForkCommand),
+    /// Rehearse a migration on a fork of a sandbox while production's writes are replayed into it
+    DryRun(Box<DryRunArgs>),
     /// Start an embedded "production" with a steady writer, follow it with a sandbox, and show it staying current
     Demo(DemoArgs),
 }
@@ -104,6 +106,64 @@ enum ForkCommand {
     Delete { name: String },
     /// Remove expired forks and forks whose creation was interrupted
     Sweep,
+}
+
+#[derive(Args)]
+struct DryRunArgs {
+    /// The sandbox to fork
+    #[arg(long)]
+    sandbox: String,
+    /// The up-migration (SQL; run with psql -f semantics)
+    #[arg(long)]
+    up: PathBuf,
+    /// Run the whole file in one transaction (psql --single-transaction)
+    #[arg(long)]
+    single_transaction: bool,
+    /// Replay before the migration, for the baseline latency (e.g. 5s)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Replay after the migration (e.g. 5s)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    after: Duration,
+    /// Replay worker sessions
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Fork strategy [default: the fastest available]
+    #[arg(long, value_enum)]
+    strategy: Option<understudy::fork::Strategy>,
+    /// Keep the fork afterwards for inspection
+    #[arg(long)]
+    keep_fork: bool,
+    /// Cancel a statement running longer than this (e.g. 5m)
+    #[arg(long, value_parser = parse_duration)]
+    statement_timeout: Option<Duration>,
+    /// Stop the whole run after this long
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    deadline: Duration,
+    /// Lock sampling interval in milliseconds (at most 50)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=50))]
+    sample_interval_ms: u64,
+    /// Writes that may wait behind the migration before the verdict is warn
+    #[arg(long, default_value_t = 0)]
+    max_blocked_writes: usize,
+    /// The longest a write may wait behind the migration before the verdict is fail (e.g. 1s, 500ms)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_lock_wait: Duration,
+    /// Replayed writes that may fail on the new schema
+    #[arg(long, default_value_t = 0)]
+    max_failed_writes: usize,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// Write the report here instead of stdout
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ReportFormat {
+    Text,
+    Json,
+    Markdown,
 }
 
 #[derive(Args)]
@@ -238,6 +298,15 @@ fn main() -> ExitCode {
                             | understudy::fork::ForkError::Sandbox(SandboxError::NotFound { .. })
                     )
                 ) || e.downcast_ref::<understudy::pg::conninfo::ConnInfoError>().is_some()
+                    || e.downcast_ref::<UsageError>().is_some()
+                    || matches!(
+                        e.downcast_ref::<understudy::dryrun::DryRunError>(),
+                        Some(understudy::dryrun::DryRunError::Fork(
+                            understudy::fork::ForkError::NotReady { .. }
+                                | understudy::fork::ForkError::Sandbox(SandboxError::NotFound { .. })
+                                | understudy::fork::ForkError::Unsupported { .. }
+                        ))
+                    )
             });
             if bad_input {
                 ExitCode::from(2)
@@ -252,6 +321,7 @@ async fn run(cli: Cli, state_dir: StateDir) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sandbox(cmd) => sandbox_command(cmd, state_dir).await,
         Command::Fork(cmd) => fork_command(cmd, state_dir).await,
+        Command::DryRun(args) => dry_run(*args, state_dir).await,
         Command::Demo(args) => {
             let outcome = understudy::demo::run(understudy::demo::DemoOptions {
                 keep: args.keep,
@@ -414,6 +484,75 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
         }
     }
 }
+
+async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCode> {
+    use understudy::dryrun::{self, report::Verdict};
+    let sandbox = SandboxName::parse(&args.sandbox).map_err(SandboxError::from)?;
+    let fork_name = SandboxName::parse(&format!(
+        "dryrun-{}",
+        understudy::fork::default_name(&sandbox)?.as_str()
+    ))
+    .or_else(|_| understudy::fork::default_name(&sandbox))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = dryrun::DryRunOptions {
+        sandbox,
+        up: args.up,
+        single_transaction: args.single_transaction,
+        warmup: args.warmup,
+        after: args.after,
+        workers: args.workers.max(1),
+        strategy: args.strategy,
+        fork_name: fork_name.clone(),
+        keep_fork: args.keep_fork,
+        statement_timeout: args.statement_timeout,
+        deadline: args.deadline,
+        sample_interval: Duration::from_millis(args.sample_interval_ms),
+        thresholds: dryrun::Thresholds {
+            max_failed_writes: args.max_failed_writes,
+            max_blocked_writes: args.max_blocked_writes,
+            max_lock_wait: args.max_lock_wait,
+        },
+    };
+    let say = |line: &str| eprintln!("{line}");
+    let report = tokio::select! {
+        result = dryrun::run(&state_dir, &opts, &say) => result.map_err(|e| match e {
+            dryrun::DryRunError::Plan { .. } | dryrun::DryRunError::Read { .. } => anyhow::Error::new(UsageError(e.to_string())),
+            other => anyhow::Error::new(other),
+        })?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; removing the fork and its capture slot");
+            if let Err(e) = understudy::fork::delete(&state_dir, &fork_name).await {
+                eprintln!("cleanup: {e}");
+            }
+            return Err(SandboxError::Interrupted.into());
+        }
+    };
+    let rendered = match args.format {
+        ReportFormat::Text => report.text(),
+        ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        ReportFormat::Markdown => report.markdown(),
+    };
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &rendered).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("report written to {}", path.display());
+            if args.format != ReportFormat::Text {
+                eprint!("{}", report.text());
+            }
+        }
+        None => print!("{rendered}"),
+    }
+    Ok(match report.verdict.result {
+        Verdict::Pass => ExitCode::SUCCESS,
+        Verdict::Warn => ExitCode::from(3),
+        Verdict::Fail => ExitCode::FAILURE,
+    })
+}
+
+/// Bad input detected by the command line (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 async fn fork_command(cmd: ForkCommand, state_dir: StateDir) -> anyhow::Result<ExitCode> {
     use understudy::fork;

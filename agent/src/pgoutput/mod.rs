@@ -105,14 +105,26 @@ mod tests {
         b.extend_from_slice(&0x1_0000_0010u64.to_be_bytes());
         b.extend_from_slice(&42i64.to_be_bytes());
         b.extend_from_slice(&7u32.to_be_bytes());
-        assert_eq!(decode(&b), Ok(Message::Begin(Begin { final_lsn: Lsn(0x1_0000_0010), commit_time: 42, xid: 7 })));
+        assert_eq!(
+            decode(&b),
+            Ok(Message::Begin(Begin {
+                final_lsn: Lsn(0x1_0000_0010),
+                commit_time: 42,
+                xid: 7
+            }))
+        );
         let mut c = vec![b'C', 0];
         c.extend_from_slice(&10u64.to_be_bytes());
         c.extend_from_slice(&20u64.to_be_bytes());
         c.extend_from_slice(&30i64.to_be_bytes());
         assert_eq!(
             decode(&c),
-            Ok(Message::Commit(Commit { flags: 0, commit_lsn: Lsn(10), end_lsn: Lsn(20), commit_time: 30 }))
+            Ok(Message::Commit(Commit {
+                flags: 0,
+                commit_lsn: Lsn(10),
+                end_lsn: Lsn(20),
+                commit_time: 30
+            }))
         );
     }
 
@@ -132,7 +144,9 @@ mod tests {
         cstr(&mut r, "note");
         r.extend_from_slice(&25u32.to_be_bytes());
         r.extend_from_slice(&(-1i32).to_be_bytes());
-        let Ok(Message::Relation(rel)) = decode(&r) else { panic!("relation") };
+        let Ok(Message::Relation(rel)) = decode(&r) else {
+            panic!("relation")
+        };
         assert_eq!(rel.columns.len(), 2);
         assert!(rel.columns[0].key && !rel.columns[1].key);
         assert_eq!((rel.namespace.as_str(), rel.name.as_str()), ("public", "orders"));
@@ -145,7 +159,9 @@ mod tests {
             decode(&i),
             Ok(Message::Insert(Insert {
                 relation: 16384,
-                new: TupleData { values: vec![Value::Text("5".into()), Value::Null] }
+                new: TupleData {
+                    values: vec![Value::Text("5".into()), Value::Null]
+                }
             }))
         );
 
@@ -155,7 +171,9 @@ mod tests {
         tuple(&mut u, &[Some("5"), None]);
         u.push(b'N');
         tuple(&mut u, &[Some("6"), Some("<toast>")]);
-        let Ok(Message::Update(up)) = decode(&u) else { panic!("update") };
+        let Ok(Message::Update(up)) = decode(&u) else {
+            panic!("update")
+        };
         assert!(up.old.is_some() && !up.old_is_full_row);
         assert_eq!(up.new.values[1], Value::UnchangedToast);
 
@@ -163,7 +181,9 @@ mod tests {
         d.extend_from_slice(&16384u32.to_be_bytes());
         d.push(b'O');
         tuple(&mut d, &[Some("6"), Some("x")]);
-        let Ok(Message::Delete(del)) = decode(&d) else { panic!("delete") };
+        let Ok(Message::Delete(del)) = decode(&d) else {
+            panic!("delete")
+        };
         assert!(del.old_is_full_row);
 
         let mut t = vec![b'T'];
@@ -173,7 +193,11 @@ mod tests {
         t.extend_from_slice(&2u32.to_be_bytes());
         assert_eq!(
             decode(&t),
-            Ok(Message::Truncate(Truncate { cascade: true, restart_identity: true, relations: vec![1, 2] }))
+            Ok(Message::Truncate(Truncate {
+                cascade: true,
+                restart_identity: true,
+                relations: vec![1, 2]
+            }))
         );
     }
 
@@ -181,12 +205,21 @@ mod tests {
     fn malformed_messages_are_errors_not_panics() {
         assert_eq!(decode(&[]), Err(DecodeError::Empty));
         assert_eq!(decode(b"Z"), Err(DecodeError::UnknownTag('Z')));
-        assert!(matches!(decode(b"B\x00\x01"), Err(DecodeError::Truncated { message: "Begin", .. })));
-        assert!(matches!(decode(b"R\x00\x00\x00\x01public"), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            decode(b"B\x00\x01"),
+            Err(DecodeError::Truncated { message: "Begin", .. })
+        ));
+        assert!(matches!(
+            decode(b"R\x00\x00\x00\x01public"),
+            Err(DecodeError::Invalid { .. })
+        ));
         let mut i = vec![b'I'];
         i.extend_from_slice(&1u32.to_be_bytes());
         i.push(b'X');
-        assert!(matches!(decode(&i), Err(DecodeError::Invalid { message: "Insert", .. })));
+        assert!(matches!(
+            decode(&i),
+            Err(DecodeError::Invalid { message: "Insert", .. })
+        ));
         // Every prefix of a valid message fails cleanly.
         let mut full = vec![b'I'];
         full.extend_from_slice(&1u32.to_be_bytes());

@@ -75,6 +75,18 @@ impl CaptureReader {
         max_changes: Option<i32>,
         consume: bool,
     ) -> Result<Vec<Transaction>, CaptureError> {
+        self.read_with(upto, max_changes, consume, true).await
+    }
+
+    /// As [`CaptureReader::read`]; `flush` first makes every change the sandbox has applied visible to decoding
+    /// (needed for an exact end; a live tail can skip it, the sandbox's WAL writer flushes every 10 ms).
+    pub async fn read_with(
+        &mut self,
+        upto: Option<Lsn>,
+        max_changes: Option<i32>,
+        consume: bool,
+        flush: bool,
+    ) -> Result<Vec<Transaction>, CaptureError> {
         let function = if consume {
             "pg_logical_slot_get_binary_changes"
         } else {
@@ -86,10 +98,12 @@ impl CaptureReader {
         );
         // Logical decoding reads only flushed WAL, and the apply worker commits asynchronously: a transaction with
         // an xid committed synchronously here flushes everything before it, so the read sees every applied change.
-        self.client
-            .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id();")
-            .await
-            .map_err(PgError::sql("flushing the sandbox's WAL"))?;
+        if flush {
+            self.client
+                .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id();")
+                .await
+                .map_err(PgError::sql("flushing the sandbox's WAL"))?;
+        }
         let upto_text = upto.map(|l| l.to_string());
         let rows = self
             .client

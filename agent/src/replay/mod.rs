@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod capture;
+pub mod live;
 
 pub use apply::{Applier, ApplyError};
 pub use capture::{CaptureReader, Change, Transaction};

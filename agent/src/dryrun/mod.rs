@@ -1,0 +1,422 @@
+//! The dry-run: fork the sandbox, replay production's write stream into the fork, run the migration statement by
+//! statement while a lock sampler and read probes watch, keep replaying for a window after it, then measure what
+//! production would have felt and give a verdict.
+//!
+//! ```text
+//! fork ─ replay starts ─ warm-up window (baseline latency) ─ migration (timed, sampled) ─ after window ─ stop
+//! ```
+
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::fork::{self, ForkError, ForkOptions, Strategy};
+use crate::locks::{self, Sampler};
+use crate::migrate::{self, Plan, PlanError};
+use crate::pg::connect::connect_plain;
+use crate::pg::{PgError, quote_ident};
+use crate::replay::live::{LiveConfig, LiveReplay, ReplayError, WriteRecord};
+use crate::sandbox::{SandboxMeta, StateDir};
+use crate::source::SandboxName;
+use report::{
+    DryRunReport, FailureGroup, ForkSummary, Latency, LocksSummary, MigrationReport, Percentiles, ReadProbe,
+    StatementReport, Verdict, VerdictReport, Windows, WritesReport,
+};
+
+/// Errors that stop a dry-run before it can report.
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    #[error("{file}: {source}")]
+    Plan {
+        file: String,
+        #[source]
+        source: PlanError,
+    },
+    #[error("cannot read {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fork(#[from] ForkError),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+}
+
+/// Limits that turn measurements into a verdict.
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    /// Replayed writes that may fail on the new schema (default 0).
+    pub max_failed_writes: usize,
+    /// Replayed writes that may wait behind the migration before the verdict is `warn` (default 0).
+    pub max_blocked_writes: usize,
+    /// The longest a write may wait behind the migration before the verdict is `fail` (default 1 s).
+    pub max_lock_wait: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_failed_writes: 0,
+            max_blocked_writes: 0,
+            max_lock_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What `dry-run` needs.
+#[derive(Debug, Clone)]
+pub struct DryRunOptions {
+    pub sandbox: SandboxName,
+    pub up: PathBuf,
+    pub single_transaction: bool,
+    pub warmup: Duration,
+    pub after: Duration,
+    pub workers: usize,
+    pub strategy: Option<Strategy>,
+    /// The fork's name (chosen by the caller so that an interrupted run can be cleaned up).
+    pub fork_name: SandboxName,
+    pub keep_fork: bool,
+    pub statement_timeout: Option<Duration>,
+    /// The whole run's deadline (fork to report).
+    pub deadline: Duration,
+    pub sample_interval: Duration,
+    pub thresholds: Thresholds,
+}
+
+/// Runs a dry-run and returns its report. The fork is removed afterwards unless `keep_fork`, also on errors.
+pub async fn run(
+    state: &StateDir,
+    opts: &DryRunOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<DryRunReport, DryRunError> {
+    let file = opts.up.display().to_string();
+    let text = std::fs::read_to_string(&opts.up).map_err(|source| DryRunError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let plan = Plan::parse(&text, opts.single_transaction).map_err(|source| DryRunError::Plan {
+        file: file.clone(),
+        source,
+    })?;
+    let run_started = Instant::now();
+    let deadline = run_started + opts.deadline;
+    let fork_opts = ForkOptions {
+        sandbox: opts.sandbox.clone(),
+        name: Some(opts.fork_name.clone()),
+        strategy: opts.strategy,
+        ttl: opts.deadline + Duration::from_secs(3600),
+    };
+    let fork_meta = fork::create(state, &fork_opts, say).await?;
+    let result = measure(state, opts, &plan, &file, &fork_meta, deadline, say).await;
+    if !opts.keep_fork {
+        if let Err(e) = fork::delete(state, &fork_meta.name).await {
+            say(&format!("warning: could not remove fork {}: {e}", fork_meta.name));
+        }
+    } else {
+        say(&format!(
+            "fork {0} kept for inspection; remove it with: understudy fork delete {0}",
+            fork_meta.name
+        ));
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    state: &StateDir,
+    opts: &DryRunOptions,
+    plan: &Plan,
+    file: &str,
+    fork_meta: &fork::ForkMeta,
+    deadline: Instant,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<DryRunReport, DryRunError> {
+    let started_at = jiff::Timestamp::now().to_string();
+    let sandbox = SandboxMeta::load(&state.sandbox_dir(&opts.sandbox)).map_err(ForkError::from)?;
+    let fork_conninfo = fork_meta.conninfo(&sandbox);
+    let sandbox_conninfo = format!(
+        "host={} port={} user=postgres dbname={}",
+        sandbox.cluster.socket_dir.display(),
+        sandbox.cluster.port,
+        sandbox.database
+    );
+    let replay = LiveReplay::start(&LiveConfig {
+        sandbox_conninfo,
+        capture_slot: fork_meta.capture_slot.clone(),
+        publication: fork::CAPTURE_PUBLICATION.into(),
+        fork_conninfo: fork_conninfo.clone(),
+        workers: opts.workers,
+        poll_interval: Duration::from_millis(20),
+    })
+    .await?;
+    let sampler = Sampler::start(
+        connect_plain(&fork_conninfo, "understudy-locks").await?,
+        opts.sample_interval,
+    );
+    say(&format!(
+        "replaying production's writes into fork {}; warm-up {:?}",
+        fork_meta.name, opts.warmup
+    ));
+    let warmup_started = Instant::now();
+    tokio::time::sleep(opts.warmup).await;
+
+    // Read probes on the tables the migration names.
+    let targets: Vec<String> = {
+        let mut t: Vec<String> = plan
+            .statements
+            .iter()
+            .flat_map(|s| migrate::target_tables(&s.sql))
+            .collect();
+        t.dedup();
+        t
+    };
+    let probes_stop = Arc::new(AtomicBool::new(false));
+    let mut probes: Vec<(String, JoinHandle<Vec<f64>>)> = Vec::new();
+    for table in &targets {
+        let client = connect_plain(&fork_conninfo, "understudy-probe").await?;
+        let stop = Arc::clone(&probes_stop);
+        let sql = format!(
+            "SELECT 1 FROM {} LIMIT 1",
+            table.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+        );
+        probes.push((table.clone(), tokio::spawn(probe(client, sql, stop))));
+    }
+
+    let migration_client = connect_plain(&fork_conninfo, "understudy-migration").await?;
+    let pid: i32 = migration_client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(PgError::sql("migration session"))?
+        .get(0);
+    say(&format!("running {file} ({} statement(s))", plan.statements.len()));
+    let migration_started = Instant::now();
+    let outcome = migrate::run(&migration_client, pid, plan, opts.statement_timeout, Some(deadline)).await;
+    let migration_ended = Instant::now();
+    say(&format!(
+        "migration {} in {:.0} ms; replaying the after window {:?}",
+        if outcome.ok { "finished" } else { "FAILED" },
+        outcome.duration_ms,
+        opts.after
+    ));
+    let after_sleep = opts.after.min(deadline.saturating_duration_since(Instant::now()));
+    tokio::time::sleep(after_sleep).await;
+    let after_ended = Instant::now();
+
+    probes_stop.store(true, Ordering::Relaxed);
+    let mut reads = Vec::new();
+    for (table, handle) in probes {
+        let durations = handle.await.unwrap_or_default();
+        reads.push(ReadProbe {
+            table,
+            probes: durations.len(),
+            max_ms: durations.iter().copied().fold(0.0, f64::max),
+            blocked_ms: durations.iter().filter(|d| **d > 100.0).sum(),
+        });
+    }
+    let unapplied_before_stop = replay.backlog();
+    let worker_pids = replay.worker_pids.clone();
+    let records = replay.stop(Duration::from_secs(10)).await?;
+    let (samples, rounds) = sampler.stop().await?;
+    let statement_spans: Vec<(usize, Instant, Instant)> = outcome
+        .statements
+        .iter()
+        .filter_map(|s| Some((s.index, s.started_at?, s.ended_at?)))
+        .collect();
+    let lock_report = locks::analyse(
+        &samples,
+        rounds,
+        opts.sample_interval,
+        pid,
+        migration_started,
+        &statement_spans,
+    );
+
+    // Join writes with the episodes in which their worker waited behind the migration.
+    let replay_episodes: Vec<&locks::BlockEpisode> = lock_report
+        .blocked
+        .iter()
+        .filter(|e| worker_pids.contains(&e.pid))
+        .collect();
+    let blocked_wait = |r: &WriteRecord| -> Option<Duration> {
+        replay_episodes
+            .iter()
+            .filter(|e| e.pid == r.worker_pid && e.start <= r.end && e.end >= r.start)
+            .map(|e| {
+                r.end
+                    .min(e.end + opts.sample_interval)
+                    .saturating_duration_since(r.start.max(e.start))
+            })
+            .max()
+    };
+    let mut blocked = 0usize;
+    let mut blocked_total = Duration::ZERO;
+    let mut blocked_max = Duration::ZERO;
+    let mut statements: Vec<StatementReport> = outcome
+        .statements
+        .iter()
+        .map(|s| StatementReport {
+            outcome: s.clone(),
+            locks: lock_report
+                .held
+                .iter()
+                .filter(|l| l.statement == Some(s.index))
+                .cloned()
+                .collect(),
+            waits: lock_report
+                .migration_waits
+                .iter()
+                .filter(|w| w.statement == Some(s.index))
+                .cloned()
+                .collect(),
+            blocked_writes: 0,
+        })
+        .collect();
+    for r in &records {
+        if let Some(w) = blocked_wait(r) {
+            blocked += 1;
+            blocked_total += w;
+            blocked_max = blocked_max.max(w);
+            if let Some(s) = statements.iter_mut().find(|s| {
+                s.outcome
+                    .started_at
+                    .zip(s.outcome.ended_at)
+                    .is_some_and(|(a, b)| r.start <= b && r.end >= a)
+            }) {
+                s.blocked_writes += 1;
+            }
+        }
+    }
+    let window = |from: Instant, to: Instant| {
+        Percentiles::of(
+            records
+                .iter()
+                .filter(|r| r.start >= from && r.start < to)
+                .map(|r| r.latency().as_secs_f64() * 1000.0)
+                .collect(),
+        )
+    };
+    let failures: Vec<_> = records.iter().filter_map(|r| r.failure.clone()).collect();
+    let total_secs = after_ended
+        .saturating_duration_since(warmup_started)
+        .as_secs_f64()
+        .max(0.001);
+    let writes = WritesReport {
+        replayed: records.len(),
+        per_second: records.len() as f64 / total_secs,
+        failed: failures.len(),
+        blocked,
+        blocked_total_ms: blocked_total.as_secs_f64() * 1000.0,
+        blocked_max_ms: blocked_max.as_secs_f64() * 1000.0,
+        latency: Latency {
+            before: window(warmup_started, migration_started),
+            during: window(migration_started, migration_ended),
+            after: window(migration_ended, after_ended + Duration::from_secs(3600)),
+        },
+        lag: Percentiles::of(records.iter().map(|r| r.lag.as_secs_f64() * 1000.0).collect()),
+        failures: FailureGroup::group(&failures),
+        unapplied: unapplied_before_stop.saturating_sub(records.len().min(unapplied_before_stop)),
+    };
+    let verdict = judge(&outcome, &writes, &opts.thresholds);
+    Ok(DryRunReport {
+        schema_version: report::SCHEMA_VERSION,
+        understudy_version: env!("CARGO_PKG_VERSION").into(),
+        sandbox: opts.sandbox.to_string(),
+        started_at,
+        fork: ForkSummary {
+            name: fork_meta.name.to_string(),
+            strategy: fork_meta.strategy.as_str().into(),
+            fork_point: fork_meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
+            pause_ms: fork_meta.timings.pause_ms,
+            ready_ms: fork_meta.timings.total_ms,
+            kept: opts.keep_fork,
+        },
+        windows: Windows {
+            warmup_ms: (migration_started - warmup_started).as_secs_f64() * 1000.0,
+            migration_ms: (migration_ended - migration_started).as_secs_f64() * 1000.0,
+            after_ms: (after_ended - migration_ended).as_secs_f64() * 1000.0,
+        },
+        migration: MigrationReport {
+            file: file.to_string(),
+            ok: outcome.ok,
+            duration_ms: outcome.duration_ms,
+            skipped: outcome.skipped,
+            statements,
+        },
+        writes,
+        locks: LocksSummary {
+            sample_interval_ms: lock_report.interval_ms,
+            samples: lock_report.samples,
+            longest_queue: lock_report.longest_queue,
+            longest_queue_relation: lock_report.longest_queue_relation.clone(),
+            blocked_sessions: lock_report.blocked.clone(),
+        },
+        reads,
+        verdict,
+    })
+}
+
+fn judge(outcome: &migrate::MigrationOutcome, writes: &WritesReport, t: &Thresholds) -> VerdictReport {
+    let mut result = Verdict::Pass;
+    let mut reasons = Vec::new();
+    if let Some(s) = outcome.statements.iter().find(|s| !s.ok) {
+        result = Verdict::Fail;
+        reasons.push(format!(
+            "the migration failed at line {} ({}): {}",
+            s.line,
+            s.sqlstate.clone().unwrap_or_default(),
+            s.error.clone().unwrap_or_default()
+        ));
+    }
+    if writes.failed > t.max_failed_writes {
+        result = Verdict::Fail;
+        for f in &writes.failures {
+            reasons.push(format!(
+                "{} {} write(s) on {} failed on the new schema with {}: {}",
+                f.count, f.kind, f.table, f.sqlstate, f.message
+            ));
+        }
+    }
+    if writes.blocked_max_ms > t.max_lock_wait.as_secs_f64() * 1000.0 {
+        result = Verdict::Fail;
+        reasons.push(format!(
+            "writes waited up to {:.0} ms behind the migration's locks (limit {} ms); {} blocked in all",
+            writes.blocked_max_ms,
+            t.max_lock_wait.as_millis(),
+            writes.blocked
+        ));
+    } else if writes.blocked > t.max_blocked_writes {
+        result = result.max(Verdict::Warn);
+        reasons.push(format!(
+            "{} write(s) waited behind the migration's locks (max {:.0} ms)",
+            writes.blocked, writes.blocked_max_ms
+        ));
+    }
+    if reasons.is_empty() {
+        reasons.push(format!("{} replayed writes, none failed or blocked", writes.replayed));
+    }
+    VerdictReport { result, reasons }
+}
+
+/// A read probe: `SELECT 1 FROM t LIMIT 1` in a loop; returns each read's duration in ms.
+async fn probe(client: tokio_postgres::Client, sql: String, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let mut out = Vec::new();
+    let _ = client.batch_execute("SET statement_timeout = '60s'").await;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        if client.batch_execute(&sql).await.is_err() && client.is_closed() {
+            break;
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out
+}
