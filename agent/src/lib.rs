@@ -13,6 +13,7 @@ pub mod pgoutput;
 pub mod progress;
 pub mod replay;
 pub mod sandbox;
+pub mod schedule;
 pub mod source;
 pub mod verify;
 

@@ -152,6 +152,15 @@ struct DryRunArgs {
     /// Replayed writes that may fail on the new schema
     #[arg(long, default_value_t = 0)]
     max_failed_writes: usize,
+    /// Start at this time of day (HH:MM, 24-hour), so the rehearsal meets the same traffic as the real run
+    #[arg(long, conflicts_with = "cron")]
+    at: Option<String>,
+    /// Start at the next match of this cron expression (minute hour day-of-month month day-of-week)
+    #[arg(long)]
+    cron: Option<String>,
+    /// Timezone for --at and --cron (IANA name) [default: the system's]
+    #[arg(long)]
+    tz: Option<String>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
     /// Write the report here instead of stdout
@@ -487,7 +496,31 @@ async fn sandbox_command(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Re
 
 async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCode> {
     use understudy::dryrun::{self, report::Verdict};
+    use understudy::schedule::{self, Schedule};
     let sandbox = SandboxName::parse(&args.sandbox).map_err(SandboxError::from)?;
+    let when = match (&args.at, &args.cron) {
+        (Some(at), _) => Schedule::at(at, args.tz.as_deref()),
+        (None, Some(cron)) => Schedule::cron(cron, args.tz.as_deref()),
+        (None, None) => Ok(Schedule::Now),
+    }
+    .map_err(|e| UsageError(e.to_string()))?;
+    // Check the migration file before waiting for the schedule.
+    let text =
+        std::fs::read_to_string(&args.up).map_err(|e| UsageError(format!("cannot read {}: {e}", args.up.display())))?;
+    understudy::migrate::Plan::parse(&text, args.single_transaction)
+        .map_err(|e| UsageError(format!("{}: {e}", args.up.display())))?;
+    if !matches!(when, Schedule::Now) {
+        let now = jiff::Zoned::now();
+        let upcoming = when.upcoming(&now, 3).map_err(|e| UsageError(e.to_string()))?;
+        let list: Vec<String> = upcoming.iter().map(ToString::to_string).collect();
+        eprintln!("scheduled; next starts: {}", list.join(", "));
+        if let Some(first) = upcoming.first() {
+            tokio::select! {
+                _ = schedule::wait_until(first) => {}
+                _ = tokio::signal::ctrl_c() => return Err(SandboxError::Interrupted.into()),
+            }
+        }
+    }
     let fork_name = SandboxName::parse(&format!(
         "dryrun-{}",
         understudy::fork::default_name(&sandbox)?.as_str()

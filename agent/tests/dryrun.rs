@@ -336,3 +336,60 @@ async fn interrupting_or_failing_a_run_leaves_no_fork_and_no_capture_slot() {
     );
     assert_no_fork_left(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_names_the_blocking_session_and_bad_schedules_are_refused() {
+    let s = setup("drtimeout", 5_000).await;
+    let state = s.root.state();
+    let writer = Writer::start(s.source.admin().await.expect("writer"), 100);
+    let mut opts = options(&s.root, "ALTER TABLE orders ADD COLUMN z int;", "tmo");
+    opts.warmup = Duration::from_secs(2);
+    opts.statement_timeout = Some(Duration::from_secs(1));
+    let run = {
+        let state = state.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move { dryrun::run(&state, &opts, &quiet).await })
+    };
+    let fork_meta = loop {
+        if let Some(f) = fork::list(&state)
+            .into_iter()
+            .find(|f| f.phase == fork::ForkPhase::Ready)
+        {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let holder = connect_plain(&fork_meta.conninfo(&s.meta), "nightly-report")
+        .await
+        .expect("fork");
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM orders;")
+        .await
+        .expect("hold");
+    let report = run.await.expect("join").expect("dry-run");
+    writer.stop().await.expect("writer");
+    let stmt = &report.migration.statements[0];
+    assert!(stmt.outcome.timed_out, "{:?}", stmt.outcome);
+    assert_eq!(stmt.outcome.sqlstate.as_deref(), Some("57014"));
+    assert_eq!(report.verdict.result, Verdict::Fail);
+    let reason = report.verdict.reasons.join(" ");
+    assert!(
+        reason.contains("timed out") && reason.contains("nightly-report"),
+        "{reason}"
+    );
+    drop(holder);
+    assert_no_fork_left(&state);
+
+    for args in [["--cron", "0 2 * *"], ["--at", "25:99"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+            .arg("--state-dir")
+            .arg(state.root())
+            .args(["dry-run", "--sandbox", "shop", "--up"])
+            .arg(&opts.up)
+            .args(args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_no_fork_left(&state);
+    }
+}

@@ -325,7 +325,7 @@ async fn measure(
         failures: FailureGroup::group(&failures),
         unapplied: unapplied_before_stop.saturating_sub(records.len().min(unapplied_before_stop)),
     };
-    let verdict = judge(&outcome, &writes, &opts.thresholds);
+    let verdict = judge(&outcome, &statements, &writes, &opts.thresholds);
     Ok(DryRunReport {
         schema_version: report::SCHEMA_VERSION,
         understudy_version: env!("CARGO_PKG_VERSION").into(),
@@ -364,13 +364,29 @@ async fn measure(
     })
 }
 
-fn judge(outcome: &migrate::MigrationOutcome, writes: &WritesReport, t: &Thresholds) -> VerdictReport {
+fn judge(
+    outcome: &migrate::MigrationOutcome,
+    statements: &[StatementReport],
+    writes: &WritesReport,
+    t: &Thresholds,
+) -> VerdictReport {
     let mut result = Verdict::Pass;
     let mut reasons = Vec::new();
     if let Some(s) = outcome.statements.iter().find(|s| !s.ok) {
         result = Verdict::Fail;
+        let blockers: Vec<String> = statements
+            .iter()
+            .filter(|r| r.outcome.index == s.index)
+            .flat_map(|r| r.waits.iter().flat_map(|w| w.blockers.iter().cloned()))
+            .collect();
+        let behind = if s.timed_out && !blockers.is_empty() {
+            format!("; it was waiting behind {}", blockers.join(", "))
+        } else {
+            String::new()
+        };
         reasons.push(format!(
-            "the migration failed at line {} ({}): {}",
+            "the migration {} at line {} ({}): {}{behind}",
+            if s.timed_out { "timed out" } else { "failed" },
             s.line,
             s.sqlstate.clone().unwrap_or_default(),
             s.error.clone().unwrap_or_default()
