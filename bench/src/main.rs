@@ -1,0 +1,266 @@
+//! `understudy-bench sync`: what a sandbox costs and how current it stays, measured in one run on embedded
+//! PostgreSQL servers on this machine.
+//!
+//! ```sh
+//! cargo run --release -p understudy-bench -- sync --scale 50
+//! ```
+//!
+//! # Setup
+//!
+//! A source cluster ([`understudy::demo::source::SourceServer`]: loopback TCP, scram passwords, the least-privilege
+//! role `understudy_replicator`) is loaded with `pgbench -i -s <scale>`. `pgbench_history` (no primary key) gets
+//! `REPLICA IDENTITY FULL`; a heartbeat table `bench_heartbeat(id int primary key, at timestamptz)` is added; all
+//! five tables are published as `bench_pub` and made readable by the replication role. Every table is read once
+//! (`SELECT count(*)`) so that both initial-sync methods start from the same, cached data.
+//!
+//! # 1. Initial sync
+//!
+//! Two ways of getting a copy of the source, each measured `--repeat` times, alternating, with the order swapped
+//! every round (S B, B S, S B, ...) so that neither method always runs first:
+//!
+//! - **S**: the wall-clock time of one call of [`understudy::sandbox::create`] (what `understudy sandbox create`
+//!   runs): preflight, `initdb` and start of the sandbox cluster, schema, slot with exported snapshot, parallel
+//!   `COPY` with `--jobs` workers, indexes and constraints, sequences, subscription. The phase timings the
+//!   library records are printed beside it.
+//! - **B**, the manual baseline: `pg_dump -Fd -j<jobs>` of the same database (same role, same TCP connection as
+//!   the sandbox uses) into a directory, then `pg_restore -j<jobs> --exit-on-error --no-owner --no-privileges`
+//!   into a fresh database on another embedded cluster that is already running, configured like a sandbox
+//!   cluster ([`understudy::sandbox::sandbox_cluster_config`]). Its time is dump + restore; the cluster's
+//!   `initdb`/start and the `CREATE DATABASE` are not counted (the sandbox's are).
+//!
+//! After every run the row counts of all five tables on the copy are checked against the source (not timed).
+//! The ratio reported is S / B per round and mean(S) / mean(B); the target is ≤ 0.8.
+//!
+//! # 2. Apply lag
+//!
+//! The sandbox of the last S run stays and follows the source. First an unthrottled `pgbench -c 2 -j 2 -T
+//! <sustain-seconds>` (built-in tpcb-like script) measures the rate the source sustains with the sandbox
+//! attached ("source sustained rate"). Once the sandbox has caught up, the bench updates the heartbeat row on the
+//! source every 100 ms (`UPDATE bench_heartbeat SET at = clock_timestamp()`, one transaction each) and runs
+//! `pgbench -c 2 -j 2 -T <lag-seconds> -R <rate>` (default rate: 80 % of the sustained rate). During that run it
+//! samples `clock_timestamp() - at` on the sandbox every 100 ms, 50 ms after each heartbeat: both servers are on
+//! this machine and share its clock, so a sample is the delay from a heartbeat's write on the source to its
+//! visibility on the sandbox, rounded up to the sampling grid (0.05 s means "within 50 ms", 0.15 s "within
+//! 150 ms", ...): never below the true lag, at most 0.1 s above it. The p50, p99 and max of the samples are
+//! reported (target p99 ≤ 1 s), with pgbench's TPS and the time the sandbox needs to apply everything once the
+//! load stops (a last heartbeat, written after pgbench ended, becoming visible on the sandbox).
+//!
+//! # Noise
+//!
+//! Everything runs on one machine, so other work on it skews the figures. A thread samples `/proc` and reports
+//! the CPU time other processes used during each measurement (module `noise`); a run with more than a few seconds
+//! of it should be repeated.
+//!
+//! # Clean-up
+//!
+//! Unless `--keep` is given, everything is removed at the end, also after an error or Ctrl-C: the sandboxes with
+//! [`understudy::sandbox::delete`] (which also drops their slots on the source), the baseline and source clusters
+//! destroyed, the working directory removed.
+
+mod lab;
+mod lag;
+mod noise;
+mod pgtool;
+mod sync;
+mod table;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::lab::Lab;
+use crate::table::{Table, secs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "understudy-bench",
+    version,
+    about = "Understudy benchmarks on embedded PostgreSQL servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Initial sync (sandbox create vs pg_dump + pg_restore) and apply lag under pgbench load, on a pgbench source.
+    Sync(SyncArgs),
+}
+
+/// Options of `understudy-bench sync`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// pgbench scale factor of the source (100,000 pgbench_accounts rows each).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scale: u32,
+    /// How many times each initial-sync method is measured (alternating).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Parallel jobs of both initial-sync methods (sandbox copy workers, pg_dump -j, pg_restore -j).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Seconds of the unthrottled pgbench run that measures the source's sustained rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub sustain_seconds: u32,
+    /// Seconds of the throttled pgbench run during which apply lag is sampled.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub lag_seconds: u32,
+    /// pgbench -R (transactions per second) during the lag run; default 80 % of the sustained rate.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Keep the clusters, the sandbox and the working directory, and print how to reach them.
+    #[arg(long)]
+    pub keep: bool,
+    /// Working directory (must not exist; the server user `postgres` must be able to reach it); default
+    /// /tmp/understudy-bench-<pid>.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sync(args) => sync_command(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn sync_command(args: SyncArgs) -> Result<()> {
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-bench-{}", std::process::id())));
+    let mut lab = Lab::new(root)?;
+    let outcome = tokio::select! {
+        outcome = run_sync(&args, &mut lab) => outcome,
+        signal = tokio::signal::ctrl_c() => match signal {
+            Ok(()) => Err(anyhow::anyhow!("interrupted")),
+            Err(e) => Err(anyhow::Error::new(e).context("waiting for Ctrl-C")),
+        },
+    };
+    if let Err(e) = &outcome {
+        eprintln!("error: {e:#}");
+        eprintln!("cleaning up after the error ...");
+    }
+    let cleanup = lab.finish(args.keep).await;
+    match (outcome, cleanup) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), Err(e)) => Err(e.context("the benchmark ran, but cleaning up failed")),
+        // The error was printed above; exit non-zero with a short line.
+        (Err(_), Ok(())) => bail!("the benchmark failed (see above); everything was cleaned up"),
+        (Err(_), Err(e)) => Err(e.context("the benchmark failed (see above) and cleaning up failed")),
+    }
+}
+
+async fn run_sync(args: &SyncArgs, lab: &mut Lab) -> Result<()> {
+    let machine = lab::Machine::describe(&lab.bins).await;
+    println!("# understudy-bench sync");
+    let mut setup = Table::new("Setup", &["item", "value"]);
+    setup.row(["machine", &machine.summary()]);
+    setup.row(["PostgreSQL", &machine.postgres]);
+    setup.row([
+        "command",
+        &format!(
+            "understudy-bench sync --scale {} --repeat {} --jobs {} --sustain-seconds {} --lag-seconds {}{}",
+            args.scale,
+            args.repeat,
+            args.jobs,
+            args.sustain_seconds,
+            args.lag_seconds,
+            args.rate.map(|r| format!(" --rate {r}")).unwrap_or_default()
+        ),
+    ]);
+    setup.row(["working directory", &lab.root.display().to_string()]);
+
+    let source = lab.prepare_source(args.scale).await?;
+    setup.row([
+        "source",
+        &format!(
+            "pgbench scale {}: {} (pgbench_accounts {} rows, {}), loaded in {}",
+            args.scale,
+            table::bytes(source.database_bytes),
+            source.accounts_rows(),
+            table::bytes(source.accounts_bytes),
+            secs(source.load_seconds)
+        ),
+    ]);
+    print!("{}", setup.render());
+
+    lab.start_baseline_cluster().await?;
+    let sync = sync::measure(lab, args, &source.counts).await?;
+    print!("{}", sync.table(args.jobs).render());
+
+    let lag = lag::measure(lab, &sync.kept, args).await?;
+    print!("{}", lag.table().render());
+
+    let mut summary = Table::new("Summary", &["measure", "this run", "target", "met"]);
+    let ratio = sync.mean_ratio();
+    summary.row([
+        format!(
+            "initial sync: sandbox create / (pg_dump -Fd -j{j} + pg_restore -j{j}), mean of {n}",
+            j = args.jobs,
+            n = sync.rounds.len()
+        ),
+        format!(
+            "{ratio:.2} ({} / {})",
+            secs(sync.mean_sandbox()),
+            secs(sync.mean_baseline())
+        ),
+        "≤ 0.80".to_string(),
+        yes_no(ratio <= 0.8),
+    ]);
+    summary.row([
+        format!(
+            "apply lag p99 under pgbench -c 2 -j 2 -R {} ({} s, heartbeat)",
+            lag.rate, args.lag_seconds
+        ),
+        secs(lag.p99),
+        "≤ 1.0 s".to_string(),
+        yes_no(lag.p99 <= 1.0),
+    ]);
+    summary.row([
+        "apply lag p50 / max".to_string(),
+        format!("{} / {}", secs(lag.p50), secs(lag.max)),
+        String::new(),
+        String::new(),
+    ]);
+    summary.row([
+        "source TPS during the lag run (sustained unthrottled rate)".to_string(),
+        format!("{:.0} ({:.0})", lag.lag_tps, lag.sustained_tps),
+        String::new(),
+        String::new(),
+    ]);
+    summary.row([
+        "CPU used by other processes on this machine during the whole run".to_string(),
+        if lab.noise.available() {
+            format!("{:.1} s", lab.noise.foreign_seconds())
+        } else {
+            "not measured (no /proc)".to_string()
+        },
+        String::new(),
+        String::new(),
+    ]);
+    print!("{}", summary.render());
+    Ok(())
+}
+
+fn yes_no(met: bool) -> String {
+    if met { "yes" } else { "**no**" }.to_string()
+}
