@@ -607,6 +607,7 @@ async fn fork_command(cmd: ForkCommand, state_dir: StateDir) -> anyhow::Result<E
                 name: Some(name.clone()),
                 strategy,
                 ttl,
+                owner_pid: None,
             };
             let say = |line: &str| eprintln!("{line}");
             let meta = tokio::select! {

@@ -318,6 +318,37 @@ async fn interrupting_or_failing_a_run_leaves_no_fork_and_no_capture_slot() {
     writer.stop().await.expect("writer");
     assert_no_fork_left(&state);
     assert_eq!(capture_slots(&s.meta).await, 0);
+    // kill -9 of the command line mid-run: its fork dies with it at the next fork command.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("--state-dir")
+        .arg(state.root())
+        .args([
+            "dry-run",
+            "--sandbox",
+            "shop",
+            "--warmup",
+            "1s",
+            "--after",
+            "1s",
+            "--up",
+        ])
+        .arg(&up)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    eventually(Duration::from_secs(60), "the dry-run's fork", || {
+        let state = state.clone();
+        async move { fork::list(&state).iter().any(|f| f.phase == fork::ForkPhase::Ready) }
+    })
+    .await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert_eq!(fork::list(&state).len(), 1, "the killed run's fork is still there");
+    let removed = fork::sweep(&state).await.expect("sweep");
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_no_fork_left(&state);
+    assert_eq!(capture_slots(&s.meta).await, 0);
     // A bad migration file is refused before any fork exists (exit 2).
     let bad = s.root.path().join("bad.sql");
     std::fs::write(&bad, "ALTER TABLE orders ADD COLUMN x text DEFAULT 'open;").expect("write");

@@ -22,6 +22,7 @@ fn fork_options(sandbox: &str, name: &str, strategy: Option<Strategy>) -> ForkOp
         name: Some(SandboxName::parse(name).expect("name")),
         strategy,
         ttl: Duration::from_secs(3600),
+        owner_pid: None,
     }
 }
 

@@ -114,6 +114,8 @@ pub async fn run(
         name: Some(opts.fork_name.clone()),
         strategy: opts.strategy,
         ttl: opts.deadline + Duration::from_secs(3600),
+        // A dry-run's fork dies with the dry-run (a kept fork lives to its TTL).
+        owner_pid: (!opts.keep_fork).then(std::process::id),
     };
     let fork_meta = fork::create(state, &fork_opts, say).await?;
     let result = measure(state, opts, &plan, &file, &fork_meta, deadline, say).await;

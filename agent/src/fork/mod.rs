@@ -96,6 +96,9 @@ pub struct ForkMeta {
     pub strategy_reason: String,
     /// The process creating the fork (an interrupted create is cleaned up when this process is gone).
     pub creator_pid: u32,
+    /// A process the fork lives for (a dry-run): once it is gone the fork is swept, whatever its TTL.
+    #[serde(default)]
+    pub owner_pid: Option<u32>,
     /// The fork point: the capture slot's start.
     pub lsn: Option<Lsn>,
     pub capture_slot: String,
@@ -156,6 +159,8 @@ pub struct ForkOptions {
     /// `None`: the fastest the state directory supports.
     pub strategy: Option<Strategy>,
     pub ttl: Duration,
+    /// Tie the fork's life to this process (dry-runs); `None` for forks people create.
+    pub owner_pid: Option<u32>,
 }
 
 fn forks_dir(state: &StateDir) -> PathBuf {
@@ -252,6 +257,7 @@ pub async fn create(state: &StateDir, opts: &ForkOptions, say: &(dyn Fn(&str) + 
         strategy,
         strategy_reason: reason.clone(),
         creator_pid: std::process::id(),
+        owner_pid: opts.owner_pid,
         lsn: None,
         capture_slot: capture_slot_name(&name),
         database: if strategy.separate_server() {
@@ -779,8 +785,9 @@ pub async fn sweep(state: &StateDir) -> Result<Vec<String>, ForkError> {
     for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
         let dir = entry.path();
         let Ok(meta) = ForkMeta::load(&dir) else { continue };
-        let abandoned =
-            meta.phase == ForkPhase::Creating && !Path::new(&format!("/proc/{}", meta.creator_pid)).exists();
+        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        let abandoned = (meta.phase == ForkPhase::Creating && !alive(meta.creator_pid))
+            || meta.owner_pid.is_some_and(|pid| !alive(pid));
         if abandoned || meta.expires_at < now {
             remove(state, &meta, &dir).await?;
             removed.push(meta.name.to_string());
