@@ -188,6 +188,39 @@ fn capture_slot_name(fork: &SandboxName) -> String {
 
 /// Creates a fork of a sandbox. `say` receives progress lines.
 pub async fn create(state: &StateDir, opts: &ForkOptions, say: &(dyn Fn(&str) + Sync)) -> Result<ForkMeta, ForkError> {
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => default_name(&opts.sandbox)?,
+    };
+    let mut forks = create_set(state, opts, vec![name], say).await?;
+    forks.pop().ok_or_else(|| ForkError::Corrupt("no fork was made".into()))
+}
+
+/// Creates two forks at the same fork point (in one apply pause), each with its own capture slot: a migrated
+/// fork and its control twin. Replaying both slots to the same LSN gives two databases that differ only by what
+/// is done to one of them.
+pub async fn create_twins(
+    state: &StateDir,
+    opts: &ForkOptions,
+    names: (SandboxName, SandboxName),
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(ForkMeta, ForkMeta), ForkError> {
+    let mut forks = create_set(state, opts, vec![names.0, names.1], say).await?;
+    let b = forks
+        .pop()
+        .ok_or_else(|| ForkError::Corrupt("no control twin was made".into()))?;
+    let a = forks
+        .pop()
+        .ok_or_else(|| ForkError::Corrupt("no fork was made".into()))?;
+    Ok((a, b))
+}
+
+async fn create_set(
+    state: &StateDir,
+    opts: &ForkOptions,
+    names: Vec<SandboxName>,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<ForkMeta>, ForkError> {
     let requested = Instant::now();
     sweep(state).await?;
     let sandbox_dir = state.sandbox_dir(&opts.sandbox);
@@ -230,13 +263,10 @@ pub async fn create(state: &StateDir, opts: &ForkOptions, say: &(dyn Fn(&str) + 
         )));
     }
 
-    let name = match &opts.name {
-        Some(n) => n.clone(),
-        None => default_name(&opts.sandbox)?,
-    };
-    let dir = fork_dir(state, &name);
-    if dir.exists() {
-        return Err(ForkError::Exists(name.to_string()));
+    for name in &names {
+        if fork_dir(state, name).exists() {
+            return Err(ForkError::Exists(name.to_string()));
+        }
     }
     std::fs::create_dir_all(forks_dir(state)).map_err(io("creating the forks directory"))?;
     crate::sandbox::state::set_mode(&forks_dir(state), 0o755)?;
@@ -247,47 +277,66 @@ pub async fn create(state: &StateDir, opts: &ForkOptions, say: &(dyn Fn(&str) + 
             check_forced(forced, &sandbox.cluster.data_dir, &forks_dir(state))?,
         ),
     };
-    std::fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    crate::sandbox::state::set_mode(&dir, 0o755)?;
     let now = jiff::Timestamp::now();
-    let mut meta = ForkMeta {
-        name: name.clone(),
-        sandbox: opts.sandbox.clone(),
-        phase: ForkPhase::Creating,
-        strategy,
-        strategy_reason: reason.clone(),
-        creator_pid: std::process::id(),
-        owner_pid: opts.owner_pid,
-        lsn: None,
-        capture_slot: capture_slot_name(&name),
-        database: if strategy.separate_server() {
-            sandbox.database.clone()
-        } else {
-            format!("fork_{}", name.as_str().replace('-', "_"))
-        },
-        cluster: strategy.separate_server().then(|| fork_cluster_config(&dir)),
-        created_at: now,
-        expires_at: now
-            .checked_add(jiff::SignedDuration::try_from(opts.ttl).unwrap_or(jiff::SignedDuration::from_hours(4)))
-            .unwrap_or(now),
-        timings: ForkTimings::default(),
-    };
-    meta.save(&dir)?;
-    say(&format!(
-        "fork {name} of sandbox {}: strategy {} ({reason})",
-        opts.sandbox,
-        strategy.as_str()
-    ));
-    match build(&sandbox, &sandbox_cluster, client, &mut meta, &dir, say).await {
+    let mut set: Vec<(ForkMeta, PathBuf)> = Vec::new();
+    for name in names {
+        let dir = fork_dir(state, &name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            for (meta, dir) in &set {
+                let _ = remove(state, meta, dir).await;
+            }
+            return Err(ForkError::Io {
+                what: format!("creating {}", dir.display()),
+                source: e,
+            });
+        }
+        crate::sandbox::state::set_mode(&dir, 0o755)?;
+        let meta = ForkMeta {
+            name: name.clone(),
+            sandbox: opts.sandbox.clone(),
+            phase: ForkPhase::Creating,
+            strategy,
+            strategy_reason: reason.clone(),
+            creator_pid: std::process::id(),
+            owner_pid: opts.owner_pid,
+            lsn: None,
+            capture_slot: capture_slot_name(&name),
+            database: if strategy.separate_server() {
+                sandbox.database.clone()
+            } else {
+                format!("fork_{}", name.as_str().replace('-', "_"))
+            },
+            cluster: strategy.separate_server().then(|| fork_cluster_config(&dir)),
+            created_at: now,
+            expires_at: now
+                .checked_add(jiff::SignedDuration::try_from(opts.ttl).unwrap_or(jiff::SignedDuration::from_hours(4)))
+                .unwrap_or(now),
+            timings: ForkTimings::default(),
+        };
+        meta.save(&dir)?;
+        say(&format!(
+            "fork {name} of sandbox {}: strategy {} ({reason})",
+            opts.sandbox,
+            strategy.as_str()
+        ));
+        set.push((meta, dir));
+    }
+    match build(&sandbox, &sandbox_cluster, client, &mut set, say).await {
         Ok(()) => {
-            meta.timings.total_ms = requested.elapsed().as_millis() as u64;
-            meta.phase = ForkPhase::Ready;
-            meta.save(&dir)?;
-            Ok(meta)
+            let mut out = Vec::new();
+            for (mut meta, dir) in set {
+                meta.timings.total_ms = requested.elapsed().as_millis() as u64;
+                meta.phase = ForkPhase::Ready;
+                meta.save(&dir)?;
+                out.push(meta);
+            }
+            Ok(out)
         }
         Err(err) => {
             say(&format!("fork create failed; removing what it created: {err}"));
-            let _ = remove(state, &meta, &dir).await;
+            for (meta, dir) in &set {
+                let _ = remove(state, meta, dir).await;
+            }
             Err(err)
         }
     }
@@ -341,8 +390,7 @@ async fn build(
     sandbox: &SandboxMeta,
     sandbox_cluster: &Cluster,
     client: Client,
-    meta: &mut ForkMeta,
-    dir: &Path,
+    set: &mut [(ForkMeta, PathBuf)],
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ForkError> {
     client
@@ -367,54 +415,54 @@ async fn build(
         .await
         .map_err(PgError::sql("taking the pause lock"))?;
     let pause_started = Instant::now();
-    let paused = pause(&client, &sandbox.subscription).await;
-    let copied = match paused {
-        Ok(()) => capture_and_copy(sandbox, sandbox_cluster, client, &admin, meta, dir).await,
+    let copied = match pause(&client, &sandbox.subscription).await {
+        Ok(()) => capture_and_copy(sandbox, client, &admin, set).await,
         Err(e) => Err(e),
     };
-    let resumed = resume(&admin, sandbox).await;
-    meta.timings.pause_ms = pause_started.elapsed().as_millis() as u64;
+    let resumed = resume(sandbox).await;
+    let pause_ms = pause_started.elapsed().as_millis() as u64;
     let _ = admin.query("SELECT pg_advisory_unlock($1)", &[&PAUSE_LOCK]).await;
     copied?;
     resumed?;
-    say(&format!(
-        "fork point {} (capture slot {}); sandbox apply paused {} ms",
-        meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
-        meta.capture_slot,
-        meta.timings.pause_ms
-    ));
-    meta.save(dir)?;
-
-    let start = Instant::now();
-    let fork_client = match meta.own_cluster()? {
-        Some(cluster) => {
-            let cluster = Cluster::adopt(
-                cluster.binaries().clone(),
-                cluster.run_as().clone(),
-                cluster.config().clone(),
-            )?;
-            cluster.start().await?;
-            let c = cluster.connect(&meta.database).await?;
-            detach(&c, &cluster).await?;
-            c
-        }
-        None => {
-            let c = crate::pg::connect::connect_plain(&meta.conninfo(sandbox), "understudy-fork").await?;
-            c.batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(CAPTURE_PUBLICATION)
-            ))
-            .await
-            .map_err(PgError::sql("dropping the capture publication in the fork"))?;
-            c
-        }
-    };
-    bump_sequences(&fork_client).await?;
-    meta.timings.start_ms = start.elapsed().as_millis() as u64;
-    say(&format!(
-        "fork ready (copy {} ms, start and detach {} ms)",
-        meta.timings.copy_ms, meta.timings.start_ms
-    ));
+    for (meta, dir) in set.iter_mut() {
+        meta.timings.pause_ms = pause_ms;
+        say(&format!(
+            "fork point {} (capture slot {}); sandbox apply paused {pause_ms} ms",
+            meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
+            meta.capture_slot,
+        ));
+        meta.save(dir)?;
+        let start = Instant::now();
+        let fork_client = match meta.own_cluster()? {
+            Some(cluster) => {
+                let cluster = Cluster::adopt(
+                    cluster.binaries().clone(),
+                    cluster.run_as().clone(),
+                    cluster.config().clone(),
+                )?;
+                cluster.start().await?;
+                let c = cluster.connect(&meta.database).await?;
+                detach(&c).await?;
+                c
+            }
+            None => {
+                let c = crate::pg::connect::connect_plain(&meta.conninfo(sandbox), "understudy-fork").await?;
+                c.batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {}",
+                    quote_ident(CAPTURE_PUBLICATION)
+                ))
+                .await
+                .map_err(PgError::sql("dropping the capture publication in the fork"))?;
+                c
+            }
+        };
+        bump_sequences(&fork_client).await?;
+        meta.timings.start_ms = start.elapsed().as_millis() as u64;
+        say(&format!(
+            "fork {} ready (copy {} ms, start and detach {} ms)",
+            meta.name, meta.timings.copy_ms, meta.timings.start_ms
+        ));
+    }
     Ok(())
 }
 
@@ -447,7 +495,7 @@ async fn pause(client: &Client, subscription: &str) -> Result<(), ForkError> {
     }
 }
 
-async fn resume(admin: &Client, sandbox: &SandboxMeta) -> Result<(), ForkError> {
+async fn resume(sandbox: &SandboxMeta) -> Result<(), ForkError> {
     let client = crate::pg::connect::connect_plain(
         &format!(
             "host={} port={} user=postgres dbname={}",
@@ -458,7 +506,6 @@ async fn resume(admin: &Client, sandbox: &SandboxMeta) -> Result<(), ForkError> 
         "understudy-fork",
     )
     .await?;
-    let _ = admin;
     client
         .batch_execute(&format!(
             "ALTER SUBSCRIPTION {} ENABLE",
@@ -471,33 +518,43 @@ async fn resume(admin: &Client, sandbox: &SandboxMeta) -> Result<(), ForkError> 
 
 async fn capture_and_copy(
     sandbox: &SandboxMeta,
-    sandbox_cluster: &Cluster,
     client: Client,
     admin: &Client,
-    meta: &mut ForkMeta,
-    dir: &Path,
+    set: &mut [(ForkMeta, PathBuf)],
 ) -> Result<(), ForkError> {
-    let t = Instant::now();
-    let lsn: String = client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&meta.capture_slot],
-        )
-        .await
-        .map_err(PgError::sql("creating the capture slot on the sandbox"))?
-        .get(0);
-    meta.timings.capture_slot_ms = t.elapsed().as_millis() as u64;
-    meta.lsn = Some(
-        lsn.parse()
-            .map_err(|e: crate::lsn::ParseLsnError| ForkError::Corrupt(e.to_string()))?,
-    );
-    meta.save(dir)?;
+    // Every capture slot is created while nothing changes the sandbox: they all start at the same point.
+    for (meta, dir) in set.iter_mut() {
+        let t = Instant::now();
+        let lsn: String = client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&meta.capture_slot],
+            )
+            .await
+            .map_err(PgError::sql("creating the capture slot on the sandbox"))?
+            .get(0);
+        meta.timings.capture_slot_ms = t.elapsed().as_millis() as u64;
+        meta.lsn = Some(
+            lsn.parse()
+                .map_err(|e: crate::lsn::ParseLsnError| ForkError::Corrupt(e.to_string()))?,
+        );
+        meta.save(dir)?;
+    }
+    // A template copy needs the sandbox's database to itself.
+    drop(client);
+    for (meta, dir) in set.iter_mut() {
+        copy_one(sandbox, admin, meta, dir).await?;
+    }
+    Ok(())
+}
+
+async fn copy_one(sandbox: &SandboxMeta, admin: &Client, meta: &mut ForkMeta, dir: &Path) -> Result<(), ForkError> {
     let copy_started = Instant::now();
     let src = &sandbox.cluster.data_dir;
     let dst = dir.join("pgdata");
     match meta.strategy {
         Strategy::BtrfsSnapshot => {
-            client
+            admin
                 .batch_execute("CHECKPOINT")
                 .await
                 .map_err(PgError::sql("checkpoint in the pause"))?;
@@ -538,7 +595,6 @@ async fn capture_and_copy(
             }
         }
         Strategy::Template => {
-            drop(client);
             let sql = format!(
                 "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
                 quote_ident(&meta.database),
@@ -576,7 +632,6 @@ async fn capture_and_copy(
             }
         }
     }
-    let _ = sandbox_cluster;
     meta.timings.copy_ms = copy_started.elapsed().as_millis() as u64;
     Ok(())
 }
@@ -615,7 +670,7 @@ async fn run(what: &str, cmd: &mut tokio::process::Command) -> Result<(), ForkEr
 
 /// Detaches a fork from everything it inherited: the subscription (scrubbed, detached from its slot, dropped;
 /// nothing connects to the source), the copied slots and the capture publication.
-async fn detach(client: &Client, cluster: &Cluster) -> Result<(), ForkError> {
+async fn detach(client: &Client) -> Result<(), ForkError> {
     let subs: Vec<String> = client
         .query("SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[])
         .await
@@ -645,7 +700,6 @@ async fn detach(client: &Client, cluster: &Cluster) -> Result<(), ForkError> {
         ))
         .await
         .map_err(PgError::sql("dropping slots copied into the fork"))?;
-    let _ = cluster;
     Ok(())
 }
 

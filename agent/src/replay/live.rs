@@ -74,8 +74,18 @@ pub enum ReplayError {
 }
 
 /// A running replay.
+/// What the reader should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Run,
+    /// Read everything the sandbox has applied, then stop.
+    Stop,
+    /// Read the transactions that committed before this LSN, then stop.
+    StopAt(Lsn),
+}
+
 pub struct LiveReplay {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Signal>,
     reader: JoinHandle<Result<(), ReplayError>>,
     dispatcher: JoinHandle<Result<(), ReplayError>>,
     records: Arc<Mutex<Vec<WriteRecord>>>,
@@ -106,7 +116,7 @@ impl LiveReplay {
             worker_pids.push(pid);
             workers.push((c, pid));
         }
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(Signal::Run);
         let (tx, rx) = mpsc::unbounded_channel::<Batch>();
         let records = Arc::new(Mutex::new(Vec::new()));
         let backlog = Arc::new(Mutex::new(0usize));
@@ -143,7 +153,17 @@ impl LiveReplay {
     /// Stops reading (after one last read of everything the sandbox has applied), lets the workers apply what
     /// was read (for at most `drain`), and returns every record.
     pub async fn stop(self, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
-        let _ = self.stop.send(true);
+        self.finish(Signal::Stop, drain).await
+    }
+
+    /// Stops after applying exactly the transactions that committed on the sandbox before `upto`: two replays
+    /// stopped at the same LSN have applied the same stream.
+    pub async fn stop_at(self, upto: Lsn, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
+        self.finish(Signal::StopAt(upto), drain).await
+    }
+
+    async fn finish(self, signal: Signal, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
+        let _ = self.stop.send(signal);
         self.reader.await.map_err(|e| ReplayError::Task(e.to_string()))??;
         let mut dispatcher = self.dispatcher;
         match tokio::time::timeout(drain, &mut dispatcher).await {
@@ -158,15 +178,20 @@ impl LiveReplay {
 async fn read_loop(
     mut reader: CaptureReader,
     tx: mpsc::UnboundedSender<Batch>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Signal>,
     poll: Duration,
     backlog: Arc<Mutex<usize>>,
     last_read: Arc<Mutex<Lsn>>,
 ) -> Result<(), ReplayError> {
     loop {
-        let stopping = *stop.borrow();
-        // The last read flushes the sandbox's WAL so that it sees everything applied there.
-        let batch = reader.read_with(None, Some(2000), true, stopping).await?;
+        let signal = *stop.borrow();
+        let stopping = signal != Signal::Run;
+        let upto = match signal {
+            Signal::StopAt(lsn) => Some(lsn),
+            _ => None,
+        };
+        // The last reads flush the sandbox's WAL so that they see everything applied there.
+        let batch = reader.read_with(upto, Some(2000), true, stopping).await?;
         let empty = batch.is_empty();
         if !empty {
             if let Ok(mut b) = backlog.lock() {
