@@ -1,3 +1,8 @@
-//! Verification: comparing the content of tables across servers.
+//! Verification: comparing a migrated fork with its control twin (schema, data, user checks), the data-dependent
+//! pre-flight, and the rollback proof.
 
+pub mod checks;
 pub mod checksum;
+pub mod data;
+pub mod preflight;
+pub mod schema;
