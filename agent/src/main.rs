@@ -116,6 +116,16 @@ struct DryRunArgs {
     /// The up-migration (SQL; run with psql -f semantics)
     #[arg(long)]
     up: PathBuf,
+    /// The down-migration: run after the up-migration on the migrated fork to prove the way back
+    #[arg(long)]
+    down: Option<PathBuf>,
+    /// Checks (SQL queries, one per statement; name one with a `-- check: NAME` line) compared between the
+    /// migrated fork and its control twin
+    #[arg(long)]
+    checks: Option<PathBuf>,
+    /// Skip the control twin (no verification, no rollback proof): faster, fewer findings
+    #[arg(long)]
+    no_verify: bool,
     /// Run the whole file in one transaction (psql --single-transaction)
     #[arg(long)]
     single_transaction: bool,
@@ -530,6 +540,9 @@ async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCo
     let opts = dryrun::DryRunOptions {
         sandbox,
         up: args.up,
+        down: args.down,
+        checks: args.checks,
+        verify: !args.no_verify,
         single_transaction: args.single_transaction,
         warmup: args.warmup,
         after: args.after,

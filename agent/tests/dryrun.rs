@@ -34,6 +34,10 @@ fn options(root: &TempRoot, sql: &str, fork_name: &str) -> DryRunOptions {
     DryRunOptions {
         sandbox: SandboxName::parse("shop").expect("name"),
         up,
+        down: None,
+        checks: None,
+        // These tests are about replay and locks; verification has its own tests.
+        verify: false,
         single_transaction: false,
         warmup: Duration::from_millis(1500),
         after: Duration::from_millis(1500),

@@ -7,6 +7,7 @@
 //! ```
 
 pub mod report;
+pub mod verification;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use crate::replay::live::{LiveConfig, LiveReplay, ReplayError, WriteRecord};
 use crate::sandbox::{SandboxMeta, StateDir};
 use crate::source::SandboxName;
 use report::{
-    DryRunReport, FailureGroup, ForkSummary, Latency, LocksSummary, MigrationReport, Percentiles, ReadProbe,
-    StatementReport, Verdict, VerdictReport, Windows, WritesReport,
+    DryRunReport, FailureGroup, Finding, ForkSummary, Latency, LocksSummary, MigrationReport, Percentiles, ReadProbe,
+    Severity, StatementReport, Verdict, VerdictReport, Windows, WritesReport,
 };
 
 /// Errors that stop a dry-run before it can report.
@@ -77,6 +78,12 @@ impl Default for Thresholds {
 pub struct DryRunOptions {
     pub sandbox: SandboxName,
     pub up: PathBuf,
+    /// The down-migration, for the rollback proof.
+    pub down: Option<PathBuf>,
+    /// User checks run on the migrated fork and the control twin.
+    pub checks: Option<PathBuf>,
+    /// Fork a control twin and compare (default); off for a faster run without verification.
+    pub verify: bool,
     pub single_transaction: bool,
     pub warmup: Duration,
     pub after: Duration,
@@ -92,21 +99,13 @@ pub struct DryRunOptions {
     pub thresholds: Thresholds,
 }
 
-/// Runs a dry-run and returns its report. The fork is removed afterwards unless `keep_fork`, also on errors.
+/// Runs a dry-run and returns its report. The forks are removed afterwards unless `keep_fork`, also on errors.
 pub async fn run(
     state: &StateDir,
     opts: &DryRunOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<DryRunReport, DryRunError> {
-    let file = opts.up.display().to_string();
-    let text = std::fs::read_to_string(&opts.up).map_err(|source| DryRunError::Read {
-        file: file.clone(),
-        source,
-    })?;
-    let plan = Plan::parse(&text, opts.single_transaction).map_err(|source| DryRunError::Plan {
-        file: file.clone(),
-        source,
-    })?;
+    let inputs = Inputs::read(opts)?;
     let run_started = Instant::now();
     let deadline = run_started + opts.deadline;
     let fork_opts = ForkOptions {
@@ -114,34 +113,98 @@ pub async fn run(
         name: Some(opts.fork_name.clone()),
         strategy: opts.strategy,
         ttl: opts.deadline + Duration::from_secs(3600),
-        // A dry-run's fork dies with the dry-run (a kept fork lives to its TTL).
+        // A dry-run's forks die with the dry-run (kept forks live to their TTL).
         owner_pid: (!opts.keep_fork).then(std::process::id),
     };
-    let fork_meta = fork::create(state, &fork_opts, say).await?;
-    let result = measure(state, opts, &plan, &file, &fork_meta, deadline, say).await;
-    if !opts.keep_fork {
-        if let Err(e) = fork::delete(state, &fork_meta.name).await {
-            say(&format!("warning: could not remove fork {}: {e}", fork_meta.name));
-        }
+    let (fork_meta, control) = if opts.verify {
+        let names = (opts.fork_name.clone(), control_name(&opts.fork_name));
+        let (a, b) = fork::create_twins(state, &fork_opts, names, say).await?;
+        (a, Some(b))
     } else {
-        say(&format!(
-            "fork {0} kept for inspection; remove it with: understudy fork delete {0}",
-            fork_meta.name
-        ));
+        (fork::create(state, &fork_opts, say).await?, None)
+    };
+    let result = measure(state, opts, &inputs, &fork_meta, control.as_ref(), deadline, say).await;
+    for f in std::iter::once(&fork_meta).chain(control.iter()) {
+        if !opts.keep_fork {
+            if let Err(e) = fork::delete(state, &f.name).await {
+                say(&format!("warning: could not remove fork {}: {e}", f.name));
+            }
+        } else {
+            say(&format!(
+                "fork {0} kept for inspection; remove it with: understudy fork delete {0}",
+                f.name
+            ));
+        }
     }
     result
+}
+
+/// The control twin's name for a fork.
+pub fn control_name(fork: &SandboxName) -> SandboxName {
+    let base: String = fork.as_str().chars().take(35).collect();
+    SandboxName::parse(&format!("{}-ctl", base.trim_end_matches('-'))).unwrap_or_else(|_| fork.clone())
+}
+
+/// The files of a dry-run, read and checked before anything is forked.
+struct Inputs {
+    file: String,
+    plan: Plan,
+    down: Option<(String, Plan)>,
+    checks: Vec<(String, migrate::Statement)>,
+}
+
+impl Inputs {
+    fn read(opts: &DryRunOptions) -> Result<Self, DryRunError> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| DryRunError::Read {
+                file: path.display().to_string(),
+                source,
+            })
+        };
+        let file = opts.up.display().to_string();
+        let plan = Plan::parse(&read(&opts.up)?, opts.single_transaction).map_err(|source| DryRunError::Plan {
+            file: file.clone(),
+            source,
+        })?;
+        let down = match &opts.down {
+            Some(path) => {
+                let name = path.display().to_string();
+                let plan = Plan::parse(&read(path)?, opts.single_transaction).map_err(|source| DryRunError::Plan {
+                    file: name.clone(),
+                    source,
+                })?;
+                Some((name, plan))
+            }
+            None => None,
+        };
+        let checks = match &opts.checks {
+            Some(path) => crate::verify::checks::parse(&read(path)?).map_err(|e| DryRunError::Plan {
+                file: path.display().to_string(),
+                source: PlanError::Split(e),
+            })?,
+            None => Vec::new(),
+        };
+        Ok(Inputs {
+            file,
+            plan,
+            down,
+            checks,
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     state: &StateDir,
     opts: &DryRunOptions,
-    plan: &Plan,
-    file: &str,
+    inputs: &Inputs,
     fork_meta: &fork::ForkMeta,
+    control: Option<&fork::ForkMeta>,
     deadline: Instant,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<DryRunReport, DryRunError> {
+    let plan = &inputs.plan;
+    let file = inputs.file.as_str();
     let started_at = jiff::Timestamp::now().to_string();
     let sandbox = SandboxMeta::load(&state.sandbox_dir(&opts.sandbox)).map_err(ForkError::from)?;
     let fork_conninfo = fork_meta.conninfo(&sandbox);
@@ -152,7 +215,7 @@ async fn measure(
         sandbox.database
     );
     let replay = LiveReplay::start(&LiveConfig {
-        sandbox_conninfo,
+        sandbox_conninfo: sandbox_conninfo.clone(),
         capture_slot: fork_meta.capture_slot.clone(),
         publication: fork::CAPTURE_PUBLICATION.into(),
         fork_conninfo: fork_conninfo.clone(),
@@ -160,16 +223,47 @@ async fn measure(
         poll_interval: Duration::from_millis(20),
     })
     .await?;
+    let control_conninfo = control.map(|c| c.conninfo(&sandbox));
+    let control_replay = match (control, &control_conninfo) {
+        (Some(c), Some(conninfo)) => Some(
+            LiveReplay::start(&LiveConfig {
+                sandbox_conninfo: sandbox_conninfo.clone(),
+                capture_slot: c.capture_slot.clone(),
+                publication: fork::CAPTURE_PUBLICATION.into(),
+                fork_conninfo: conninfo.clone(),
+                workers: opts.workers,
+                poll_interval: Duration::from_millis(20),
+            })
+            .await?,
+        ),
+        _ => None,
+    };
     let sampler = Sampler::start(
         connect_plain(&fork_conninfo, "understudy-locks").await?,
         opts.sample_interval,
     );
+
     say(&format!(
         "replaying production's writes into fork {}; warm-up {:?}",
         fork_meta.name, opts.warmup
     ));
     let warmup_started = Instant::now();
+    // The data pre-flight runs on the control twin (the same data) during the warm-up.
+    let preflight_conninfo = control_conninfo.clone().unwrap_or_else(|| fork_conninfo.clone());
+    let preflight = {
+        let statements = plan.statements.clone();
+        tokio::spawn(async move {
+            match connect_plain(&preflight_conninfo, "understudy-preflight").await {
+                Ok(c) => crate::verify::preflight::run(&c, &statements).await,
+                Err(_) => Vec::new(),
+            }
+        })
+    };
     tokio::time::sleep(opts.warmup).await;
+    let preflight = preflight.await.unwrap_or_default();
+    for p in &preflight {
+        say(&format!("pre-flight: line {}: {}", p.line, p.message));
+    }
 
     // Read probes on the tables the migration names.
     let targets: Vec<String> = {
@@ -226,7 +320,29 @@ async fn measure(
     }
     let unapplied_before_stop = replay.backlog();
     let worker_pids = replay.worker_pids.clone();
-    let records = replay.stop(Duration::from_secs(10)).await?;
+    // Both twins stop at the same point of the stream: everything the sandbox committed before `upto`.
+    let sandbox_db = connect_plain(&sandbox_conninfo, "understudy-dryrun").await?;
+    sandbox_db
+        .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id();")
+        .await
+        .map_err(PgError::sql("flushing the sandbox's WAL"))?;
+    let upto: String = sandbox_db
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .map_err(PgError::sql("reading the sandbox's WAL position"))?
+        .get(0);
+    let upto: crate::lsn::Lsn = upto
+        .parse()
+        .map_err(|e: crate::lsn::ParseLsnError| PgError::Config(e.to_string()))?;
+    let (records, control_records) = tokio::join!(replay.stop_at(upto, Duration::from_secs(60)), async {
+        match control_replay {
+            Some(r) => r.stop_at(upto, Duration::from_secs(60)).await.map(Some),
+            None => Ok(None),
+        }
+    });
+    let records = records?;
+    let control_records = control_records?;
+
     let (samples, rounds) = sampler.stop().await?;
     let statement_spans: Vec<(usize, Instant, Instant)> = outcome
         .statements
@@ -327,7 +443,53 @@ async fn measure(
         failures: FailureGroup::group(&failures),
         unapplied: unapplied_before_stop.saturating_sub(records.len().min(unapplied_before_stop)),
     };
-    let verdict = judge(&outcome, &statements, &writes, &opts.thresholds);
+    let mut findings: Vec<Finding> = preflight
+        .iter()
+        .map(|p| {
+            Finding::new(
+                &format!("preflight-{}", p.code),
+                Severity::Fail,
+                p.message.clone(),
+                if p.samples.is_empty() {
+                    String::new()
+                } else {
+                    format!("samples: {}", p.samples.join(", "))
+                },
+                &p.remedy,
+            )
+            .at(file, p.line)
+        })
+        .collect();
+    let mut verification_report = None;
+    let mut rollback = verification::Rollback::default();
+    if let (Some(conninfo), Some(control_records)) = (&control_conninfo, &control_records) {
+        say("comparing the migrated fork with its control twin");
+        let control_failed = control_records.iter().filter(|r| r.failure.is_some()).count();
+        if control_failed > 0 {
+            findings.push(Finding::new(
+                "control-replay-failed",
+                Severity::Warn,
+                format!(
+                    "{control_failed} replayed write(s) failed on the control twin too (not caused by the migration)"
+                ),
+                String::new(),
+                "check the sandbox's health (`understudy sandbox status`)",
+            ));
+        }
+        let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
+        let b = connect_plain(conninfo, "understudy-verify").await?;
+        let v = verification::compare(&a, &b, &inputs.checks, upto.to_string()).await?;
+        if let Some((down_file, down_plan)) = &inputs.down
+            && outcome.ok
+        {
+            say(&format!("running {down_file} on the migrated fork (rollback proof)"));
+            rollback = verification::rollback(&a, &b, down_file, down_plan, opts.statement_timeout).await?;
+        }
+        findings.extend(verification::findings(&v, &rollback, inputs.down.is_some(), outcome.ok));
+        verification_report = Some(v);
+    }
+    let verdict = judge(&outcome, &statements, &writes, &opts.thresholds, &findings);
+
     Ok(DryRunReport {
         schema_version: report::SCHEMA_VERSION,
         understudy_version: env!("CARGO_PKG_VERSION").into(),
@@ -362,6 +524,10 @@ async fn measure(
             blocked_sessions: lock_report.blocked.clone(),
         },
         reads,
+        preflight,
+        verification: verification_report,
+        rollback,
+        findings,
         verdict,
     })
 }
@@ -371,6 +537,7 @@ fn judge(
     statements: &[StatementReport],
     writes: &WritesReport,
     t: &Thresholds,
+    findings: &[Finding],
 ) -> VerdictReport {
     let mut result = Verdict::Pass;
     let mut reasons = Vec::new();
@@ -417,6 +584,17 @@ fn judge(
             "{} write(s) waited behind the migration's locks (max {:.0} ms)",
             writes.blocked, writes.blocked_max_ms
         ));
+    }
+    for f in findings.iter().filter(|f| f.severity != Severity::Info) {
+        result = result.max(if f.severity == Severity::Fail {
+            Verdict::Fail
+        } else {
+            Verdict::Warn
+        });
+        reasons.push(match f.line {
+            Some(l) => format!("line {l}: {}", f.title),
+            None => f.title.clone(),
+        });
     }
     if reasons.is_empty() {
         reasons.push(format!("{} replayed writes, none failed or blocked", writes.replayed));

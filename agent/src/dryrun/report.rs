@@ -18,6 +18,49 @@ pub enum Verdict {
     Fail,
 }
 
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    Info,
+    Warn,
+    Fail,
+}
+
+/// One thing a person should know, with its evidence and what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// A stable code, e.g. `preflight-orphans`, `failed-writes`, `rollback-lossy`.
+    pub code: String,
+    pub severity: Severity,
+    pub title: String,
+    /// The migration file and line the finding is about, when it is about a statement.
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub evidence: String,
+    pub remedy: String,
+}
+
+impl Finding {
+    pub fn new(code: &str, severity: Severity, title: String, evidence: String, remedy: &str) -> Self {
+        Finding {
+            code: code.into(),
+            severity,
+            title,
+            file: None,
+            line: None,
+            evidence,
+            remedy: remedy.into(),
+        }
+    }
+
+    pub fn at(mut self, file: &str, line: usize) -> Self {
+        self.file = Some(file.to_string());
+        self.line = Some(line);
+        self
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Percentiles {
     pub count: usize,
@@ -172,6 +215,12 @@ pub struct DryRunReport {
     pub writes: WritesReport,
     pub locks: LocksSummary,
     pub reads: Vec<ReadProbe>,
+    /// Data-dependent pre-flight of the up-migration (counted on the control twin before the migration ran).
+    pub preflight: Vec<crate::verify::preflight::PreflightFinding>,
+    /// The migrated fork against its control twin; `None` with `--no-verify`.
+    pub verification: Option<super::verification::Verification>,
+    pub rollback: super::verification::Rollback,
+    pub findings: Vec<Finding>,
     pub verdict: VerdictReport,
 }
 
@@ -356,6 +405,27 @@ impl DryRunReport {
             ms(w.latency.during.p99_ms),
             ms(w.latency.after.p99_ms)
         ));
+        let notable: Vec<&Finding> = self.findings.iter().filter(|f| f.severity != Severity::Info).collect();
+        if !notable.is_empty() {
+            o.push_str("\n| severity | finding | where | evidence | fix |\n|---|---|---|---|---|\n");
+            for f in notable {
+                o.push_str(&format!(
+                    "| {} | **{}** {} | {} | {} | {} |\n",
+                    if f.severity == Severity::Fail {
+                        "❌ fail"
+                    } else {
+                        "⚠️ warn"
+                    },
+                    f.code,
+                    f.title.replace('|', "\\|"),
+                    f.line
+                        .map(|l| format!("`{}:{l}`", f.file.clone().unwrap_or_default()))
+                        .unwrap_or_default(),
+                    f.evidence.replace('|', "\\|"),
+                    f.remedy.replace('|', "\\|")
+                ));
+            }
+        }
         if !w.failures.is_empty() {
             o.push_str("\n| table | write | SQLSTATE | count | error |\n|---|---|---|---|---|\n");
             for f in &w.failures {

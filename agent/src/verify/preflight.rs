@@ -156,15 +156,55 @@ async fn unique_columns(client: &Client, table: &str) -> Vec<String> {
 /// Runs the pre-flight for every statement of the migration.
 pub async fn run(client: &Client, statements: &[Statement]) -> Vec<PreflightFinding> {
     let mut out = Vec::new();
+    let becoming = becoming_unique(statements);
     for s in statements {
-        for f in check_statement(client, s).await {
+        for f in check_statement(client, s, &becoming).await {
             out.push(f);
         }
     }
     out
 }
 
-async fn check_statement(client: &Client, s: &Statement) -> Vec<PreflightFinding> {
+/// `(table, column)` pairs the migration makes unique (`ADD UNIQUE (c)`, `CREATE UNIQUE INDEX ... (c)`): an
+/// earlier `UPDATE` of such a column must not create duplicates either.
+fn becoming_unique(statements: &[Statement]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in statements {
+        let w = words(&s.sql);
+        let u: Vec<String> = w.iter().map(|x| up(x)).collect();
+        let single = |paren: Option<&String>| {
+            paren
+                .map(|p| inner(p).trim().trim_matches('"').to_ascii_lowercase())
+                .filter(|c| !c.contains(',') && !c.contains('('))
+        };
+        if u.first().map(String::as_str) == Some("ALTER") && u.get(1).map(String::as_str) == Some("TABLE") {
+            let mut i = 2;
+            while matches!(u.get(i).map(String::as_str), Some("IF" | "EXISTS" | "ONLY")) {
+                i += 1;
+            }
+            if let (Some(t), Some(q)) = (w.get(i), u.iter().position(|x| x == "UNIQUE"))
+                && let Some(c) = single(w.get(q + 1))
+            {
+                out.push((table_name(t), c));
+            }
+        } else if u.first().map(String::as_str) == Some("CREATE")
+            && u.get(1).map(String::as_str) == Some("UNIQUE")
+            && let Some(on) = u.iter().position(|x| x == "ON")
+        {
+            let j = if u.get(on + 1).map(String::as_str) == Some("ONLY") {
+                on + 2
+            } else {
+                on + 1
+            };
+            if let (Some(t), Some(c)) = (w.get(j), single(w.iter().skip(j + 1).find(|x| x.starts_with('(')))) {
+                out.push((table_name(t), c));
+            }
+        }
+    }
+    out
+}
+
+async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, String)]) -> Vec<PreflightFinding> {
     let w = words(&s.sql);
     let u: Vec<String> = w.iter().map(|x| up(x)).collect();
     let mut out: Vec<PreflightFinding> = Vec::new();
@@ -240,18 +280,17 @@ async fn check_statement(client: &Client, s: &Statement) -> Vec<PreflightFinding
                 && au.windows(2).any(|p| p == ["NOT", "NULL"])
                 && !au.contains(&"DEFAULT".to_string())
                 && !au.contains(&"GENERATED".to_string())
+                && let Ok(row) = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await
             {
-                if let Ok(row) = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await {
-                    let n: i64 = row.get(0);
-                    out.extend(found(
-                        "not-null-without-default",
-                        &table,
-                        n,
-                        Vec::new(),
-                        format!("{table} has {n} row(s): adding a NOT NULL column without a default will fail"),
-                        "add the column with a DEFAULT, or add it nullable, backfill, then SET NOT NULL",
-                    ));
-                }
+                let n: i64 = row.get(0);
+                out.extend(found(
+                    "not-null-without-default",
+                    &table,
+                    n,
+                    Vec::new(),
+                    format!("{table} has {n} row(s): adding a NOT NULL column without a default will fail"),
+                    "add the column with a DEFAULT, or add it nullable, backfill, then SET NOT NULL",
+                ));
             }
             let fk_at = au.iter().position(|x| x == "FOREIGN");
             if a(0) == "ADD"
@@ -320,8 +359,9 @@ async fn check_statement(client: &Client, s: &Statement) -> Vec<PreflightFinding
             if a(0) == "ADD"
                 && !not_valid
                 && let Some(ck) = au.iter().position(|x| x == "CHECK")
+                && let Some(expr) = aw.get(ck + 1)
             {
-                if let Some(expr) = aw.get(ck + 1) {
+                {
                     match count_and_samples(
                         client,
                         &format!("SELECT count(*) FROM {t} WHERE NOT {expr}"),
@@ -394,7 +434,8 @@ async fn check_statement(client: &Client, s: &Statement) -> Vec<PreflightFinding
         let Some(raw_table) = w.get(1) else { return out };
         let table = table_name(raw_table);
         let t = qualified(&table);
-        let uniques = unique_columns(client, &table).await;
+        let mut uniques = unique_columns(client, &table).await;
+        uniques.extend(becoming.iter().filter(|(t, _)| *t == table).map(|(_, c)| c.clone()));
         let set_at = u.iter().position(|x| x == "SET");
         let where_at = u.iter().position(|x| x == "WHERE");
         if let Some(set) = set_at {

@@ -1,0 +1,303 @@
+//! Verification, data pre-flight, rollback proof and the verdict, on a source with the seed's shapes and with
+//! writes flowing. Exact numbers are asserted against what was seeded.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use understudy::demo::writer::Writer;
+use understudy::dryrun::report::{DryRunReport, Severity, Verdict};
+use understudy::dryrun::{self, DryRunOptions, Thresholds};
+use understudy::fork;
+use understudy::pg::connect::connect_plain;
+use understudy::sandbox::{self, StateDir};
+use understudy::source::{Replicate, SandboxName};
+
+/// accounts: 1,000 rows; 123 with plan NULL; 37 whose org_id matches no org; 500 with a plan_note.
+/// users: 200 rows; 15 mixed-case duplicate pairs of e-mails; 9 NULL e-mails.
+const SEED: &str = "
+CREATE TABLE orgs (id int PRIMARY KEY, name text);
+INSERT INTO orgs SELECT g, 'org ' || g FROM generate_series(1, 50) g;
+CREATE TABLE accounts (id int PRIMARY KEY, org_id int, plan text, plan_note text);
+INSERT INTO accounts
+SELECT g,
+       CASE WHEN g <= 37 THEN 900 + g ELSE 1 + g % 50 END,
+       CASE WHEN g % 8 = 0 AND g <= 984 THEN NULL ELSE 'basic' END,
+       CASE WHEN g % 2 = 0 THEN 'note ' || g END
+FROM generate_series(1, 1000) g;
+CREATE TABLE users (id int PRIMARY KEY, email text);
+INSERT INTO users SELECT g, CASE WHEN g <= 15 THEN 'Person' || g || '@Example.com'
+                               WHEN g <= 30 THEN 'person' || (g - 15) || '@example.com'
+                               WHEN g <= 39 THEN NULL
+                               ELSE 'user' || g || '@example.com' END
+FROM generate_series(1, 200) g;
+ALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;
+GRANT SELECT ON orgs, accounts, users TO understudy_replicator;
+";
+
+fn options(root: &TempRoot, name: &str, up: &str, down: Option<&str>, checks: Option<&str>) -> DryRunOptions {
+    let write = |suffix: &str, text: &str| {
+        let path = root.path().join(format!("{name}-{suffix}.sql"));
+        std::fs::write(&path, text).expect("write file");
+        path
+    };
+    DryRunOptions {
+        sandbox: SandboxName::parse("shop").expect("name"),
+        up: write("up", up),
+        down: down.map(|d| write("down", d)),
+        checks: checks.map(|c| write("checks", c)),
+        verify: true,
+        single_transaction: false,
+        warmup: Duration::from_millis(1500),
+        after: Duration::from_millis(1000),
+        workers: 2,
+        strategy: None,
+        fork_name: SandboxName::parse(name).expect("name"),
+        keep_fork: false,
+        statement_timeout: Some(Duration::from_secs(60)),
+        deadline: Duration::from_secs(300),
+        sample_interval: Duration::from_millis(20),
+        thresholds: Thresholds::default(),
+    }
+}
+
+fn finding<'a>(report: &'a DryRunReport, code: &str) -> &'a understudy::dryrun::report::Finding {
+    report.findings.iter().find(|f| f.code == code).unwrap_or_else(|| {
+        panic!(
+            "no {code} finding in {:#?}",
+            report.findings.iter().map(|f| (&f.code, &f.title)).collect::<Vec<_>>()
+        )
+    })
+}
+
+fn assert_clean(state: &StateDir) {
+    assert!(fork::list(state).is_empty(), "forks left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
+    let root = TempRoot::new("verify");
+    let source = sample_source(&root, 20_000).await;
+    source
+        .admin()
+        .await
+        .expect("admin")
+        .batch_execute(SEED)
+        .await
+        .expect("seed");
+    let opts = create_options(&root, &source, "shop", Replicate::Publication("shop_pub".into()));
+    let meta = sandbox::create(&opts, &quiet).await.expect("sandbox");
+    let state = root.state();
+    let writer = Writer::start(source.admin().await.expect("writer"), 150);
+
+    // SET NOT NULL over old rows with NULLs: fails, and the pre-flight counts exactly the seeded NULLs.
+    let report = dryrun::run(
+        &state,
+        &options(
+            &root,
+            "nn",
+            "ALTER TABLE accounts ALTER COLUMN plan SET NOT NULL;",
+            None,
+            None,
+        ),
+        &quiet,
+    )
+    .await
+    .expect("dry-run");
+    assert_eq!(report.verdict.result, Verdict::Fail);
+    assert!(!report.migration.ok);
+    assert_eq!(
+        report.migration.statements[0].outcome.sqlstate.as_deref(),
+        Some("23502")
+    );
+    let pf = report
+        .preflight
+        .iter()
+        .find(|p| p.code == "not-null-violations")
+        .expect("pre-flight");
+    assert_eq!(pf.count, 123);
+    assert_eq!(pf.samples.len(), 5);
+    let f = finding(&report, "preflight-not-null-violations");
+    assert_eq!((f.severity, f.line), (Severity::Fail, Some(1)));
+    assert!(f.remedy.contains("backfill"), "{}", f.remedy);
+    assert_clean(&state);
+
+    // ADD FOREIGN KEY over orphans: fails, count equals the orphans seeded, sample keys are real orphans.
+    let report = dryrun::run(
+        &state,
+        &options(&root, "fk", "-- link accounts to orgs\nALTER TABLE accounts\n  ADD CONSTRAINT accounts_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id);", None, None),
+        &quiet,
+    )
+    .await
+    .expect("dry-run");
+    assert_eq!(report.verdict.result, Verdict::Fail);
+    let pf = report.preflight.iter().find(|p| p.code == "orphans").expect("orphans");
+    assert_eq!(pf.count, 37);
+    assert_eq!(pf.line, 2);
+    for sample in &pf.samples {
+        // "(id) -> (org_id)" with id ≤ 37 and org_id = 900 + id.
+        let id: i32 = sample
+            .trim_start_matches('(')
+            .split(')')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .expect("sample key");
+        assert!(id <= 37, "{sample} is not an orphan");
+        assert!(sample.ends_with(&format!("({})", 900 + id)), "{sample}");
+    }
+    assert!(finding(&report, "preflight-orphans").remedy.contains("NOT VALID"));
+    assert_clean(&state);
+
+    // UPDATE users SET email = lower(email) before a unique constraint: duplicates and NULLs counted, and the
+    // user check's changed output shown (the UPDATE committed before the constraint failed).
+    let report = dryrun::run(
+        &state,
+        &options(
+            &root,
+            "lower",
+            "UPDATE users SET email = lower(email);\nALTER TABLE users ADD CONSTRAINT users_email_lower UNIQUE (email);",
+            None,
+            Some("-- check: distinct e-mails\nSELECT count(DISTINCT email) FROM users;\n-- check: users\nSELECT count(*) FROM users;"),
+        ),
+        &quiet,
+    )
+    .await
+    .expect("dry-run");
+    let dups = report
+        .preflight
+        .iter()
+        .find(|p| p.code == "duplicates")
+        .expect("duplicates");
+    assert_eq!((dups.count, dups.line), (15, 1));
+    assert!(
+        dups.samples
+            .iter()
+            .all(|s| s.starts_with("person") && s.ends_with("@example.com (2 rows)")),
+        "{:?}",
+        dups.samples
+    );
+    let nulls = report
+        .preflight
+        .iter()
+        .find(|p| p.code == "null-after-update")
+        .expect("nulls");
+    assert_eq!(nulls.count, 9);
+    let verification = report.verification.as_ref().expect("verification");
+    let distinct = verification
+        .checks
+        .iter()
+        .find(|c| c.name == "distinct e-mails")
+        .expect("check");
+    assert!(distinct.changed, "{distinct:?}");
+    assert_eq!(distinct.control, vec![vec![Some("191".to_string())]]);
+    assert_eq!(distinct.migrated, vec![vec![Some("176".to_string())]]);
+    assert!(
+        !verification
+            .checks
+            .iter()
+            .find(|c| c.name == "users")
+            .expect("check")
+            .changed
+    );
+    assert!(finding(&report, "check-changed").title.contains("distinct e-mails"));
+    let users = verification
+        .tables
+        .iter()
+        .find(|t| t.table == "public.users")
+        .expect("users compared");
+    assert_eq!(users.differing_rows, 15, "the 15 mixed-case e-mails changed");
+    assert_eq!(report.verdict.result, Verdict::Fail);
+    assert_clean(&state);
+
+    // A lossy down-migration is caught with the column named and the count of values lost.
+    let report = dryrun::run(
+        &state,
+        &options(
+            &root,
+            "lossy",
+            "ALTER TABLE accounts DROP COLUMN plan_note;",
+            Some("ALTER TABLE accounts ADD COLUMN plan_note text;"),
+            None,
+        ),
+        &quiet,
+    )
+    .await
+    .expect("dry-run");
+    assert!(report.rollback.tested && report.rollback.ok);
+    let lossy = report
+        .rollback
+        .lossy_columns
+        .iter()
+        .find(|l| l.column == "plan_note")
+        .expect("lossy column");
+    assert_eq!(
+        (lossy.table.as_str(), lossy.values_not_restored),
+        ("public.accounts", 500)
+    );
+    assert!(
+        finding(&report, "rollback-lossy")
+            .title
+            .contains("column public.accounts.plan_note: 500 values not restored")
+    );
+    assert_eq!(report.verdict.result, Verdict::Fail);
+    assert_clean(&state);
+
+    // A safe, reversible migration passes with no finding above info, the rollback proven while writes flow.
+    let report = dryrun::run(
+        &state,
+        &options(
+            &root,
+            "safe",
+            "ALTER TABLE orders ADD COLUMN priority int;\nCREATE INDEX CONCURRENTLY orders_priority_idx ON orders (priority);",
+            Some("DROP INDEX CONCURRENTLY orders_priority_idx;\nALTER TABLE orders DROP COLUMN priority;"),
+            None,
+        ),
+        &quiet,
+    )
+    .await
+    .expect("dry-run");
+    let above_info: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity != Severity::Info)
+        .collect();
+    assert!(above_info.is_empty(), "{above_info:#?}");
+    assert_eq!(report.verdict.result, Verdict::Pass, "{:?}", report.verdict.reasons);
+    assert!(
+        report.writes.replayed > 50,
+        "writes must flow during the run: {}",
+        report.writes.replayed
+    );
+    finding(&report, "rollback-proven");
+    let verification = report.verification.as_ref().expect("verification");
+    assert!(
+        verification.tables.iter().all(|t| t.differing_rows == 0),
+        "{:?}",
+        verification.tables
+    );
+    let col = verification
+        .new_columns
+        .iter()
+        .find(|c| c.column == "priority")
+        .expect("new column");
+    assert_eq!(col.nulls, col.rows);
+    assert_clean(&state);
+
+    writer.stop().await.expect("writer");
+    let db = sandbox::cluster_of(&meta)
+        .expect("cluster")
+        .connect("shop")
+        .await
+        .expect("sandbox");
+    let slots: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'understudy_capture%'",
+            &[],
+        )
+        .await
+        .expect("slots")
+        .get(0);
+    assert_eq!(slots, 0);
+    let _ = connect_plain;
+}
