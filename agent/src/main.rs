@@ -566,9 +566,12 @@ async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCo
             other => anyhow::Error::new(other),
         })?,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted; removing the fork and its capture slot");
-            if let Err(e) = understudy::fork::delete(&state_dir, &fork_name).await {
-                eprintln!("cleanup: {e}");
+                        eprintln!("interrupted; removing the forks and their capture slots");
+            for name in [fork_name.clone(), dryrun::control_name(&fork_name)] {
+                match understudy::fork::delete(&state_dir, &name).await {
+                    Ok(()) | Err(understudy::fork::ForkError::NotFound(_)) => {}
+                    Err(e) => eprintln!("cleanup: {e}"),
+                }
             }
             return Err(SandboxError::Interrupted.into());
         }

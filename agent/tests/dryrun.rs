@@ -348,9 +348,10 @@ async fn interrupting_or_failing_a_run_leaves_no_fork_and_no_capture_slot() {
     .await;
     child.kill().expect("kill -9");
     let _ = child.wait();
-    assert_eq!(fork::list(&state).len(), 1, "the killed run's fork is still there");
+    // The run forks a migrated fork and its control twin; both are still there.
+    assert_eq!(fork::list(&state).len(), 2, "the killed run's forks are still there");
     let removed = fork::sweep(&state).await.expect("sweep");
-    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed.len(), 2, "{removed:?}");
     assert_no_fork_left(&state);
     assert_eq!(capture_slots(&s.meta).await, 0);
     // A bad migration file is refused before any fork exists (exit 2).
