@@ -5,6 +5,7 @@ pub mod cow;
 pub mod demo;
 pub mod dryrun;
 pub mod fork;
+pub mod lint;
 pub mod locks;
 pub mod lsn;
 pub mod migrate;

@@ -38,6 +38,15 @@ enum Command {
     Fork(ForkCommand),
     /// Rehearse a migration on a fork of a sandbox while production's writes are replayed into it
     DryRun(Box<DryRunArgs>),
+    /// Lint migration files with squawk's rules (the static pass of a dry-run, without evidence)
+    Lint {
+        /// SQL files
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The PostgreSQL major version the migration targets
+        #[arg(long, default_value_t = 15)]
+        pg_version: u32,
+    },
     /// Start an embedded "production" with a steady writer, follow it with a sandbox, and show it staying current
     Demo(DemoArgs),
 }
@@ -341,6 +350,36 @@ async fn run(cli: Cli, state_dir: StateDir) -> anyhow::Result<ExitCode> {
         Command::Sandbox(cmd) => sandbox_command(cmd, state_dir).await,
         Command::Fork(cmd) => fork_command(cmd, state_dir).await,
         Command::DryRun(args) => dry_run(*args, state_dir).await,
+        Command::Lint { files, pg_version } => {
+            let mut total = 0;
+            for file in &files {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?;
+                for hit in understudy::lint::lint(&text, pg_version) {
+                    total += 1;
+                    println!(
+                        "{}:{}:{}: {}: {}",
+                        file.display(),
+                        hit.line,
+                        hit.column,
+                        hit.rule,
+                        hit.message
+                    );
+                    if let Some(help) = hit.help {
+                        println!("  help: {help}");
+                    }
+                }
+            }
+            if total == 0 {
+                println!("no lint findings in {} file(s)", files.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "{total} finding(s); run `understudy dry-run` to measure what they would do on production's data"
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
         Command::Demo(args) => {
             let outcome = understudy::demo::run(understudy::demo::DemoOptions {
                 keep: args.keep,

@@ -145,6 +145,19 @@ async fn create_index_blocks_writes_and_concurrently_does_not() {
     );
     assert!(report.writes.latency.during.max_ms > report.writes.latency.before.p50_ms);
     assert_ne!(report.verdict.result, Verdict::Pass, "{:?}", report.verdict.reasons);
+    // squawk's rule hit carries the measured evidence.
+    let lint = report
+        .findings
+        .iter()
+        .find(|f| f.code == "lint-require-concurrent-index-creation")
+        .unwrap_or_else(|| panic!("{:?}", report.findings));
+    assert_eq!(lint.line, Some(1));
+    assert!(
+        lint.evidence.contains("held ShareLock on public.orders"),
+        "{}",
+        lint.evidence
+    );
+    assert!(!lint.evidence.contains(" 0 write(s) blocked"), "{}", lint.evidence);
     assert_no_fork_left(&state);
 
     let opts = options(
@@ -170,6 +183,18 @@ async fn create_index_blocks_writes_and_concurrently_does_not() {
     assert_eq!(report.verdict.result, Verdict::Pass, "{:?}", report.verdict.reasons);
     assert_no_fork_left(&state);
     assert_eq!(capture_slots(&s.meta).await, 0);
+
+    // `understudy lint` runs the static pass alone.
+    let file = s.root.path().join("lint.sql");
+    std::fs::write(&file, "SELECT 1;\nCREATE INDEX i ON orders (note);\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("lint")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(":2:1: require-concurrent-index-creation"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

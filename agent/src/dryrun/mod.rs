@@ -148,6 +148,7 @@ pub fn control_name(fork: &SandboxName) -> SandboxName {
 /// The files of a dry-run, read and checked before anything is forked.
 struct Inputs {
     file: String,
+    text: String,
     plan: Plan,
     down: Option<(String, Plan)>,
     checks: Vec<(String, migrate::Statement)>,
@@ -162,7 +163,8 @@ impl Inputs {
             })
         };
         let file = opts.up.display().to_string();
-        let plan = Plan::parse(&read(&opts.up)?, opts.single_transaction).map_err(|source| DryRunError::Plan {
+        let text = read(&opts.up)?;
+        let plan = Plan::parse(&text, opts.single_transaction).map_err(|source| DryRunError::Plan {
             file: file.clone(),
             source,
         })?;
@@ -186,6 +188,7 @@ impl Inputs {
         };
         Ok(Inputs {
             file,
+            text,
             plan,
             down,
             checks,
@@ -488,6 +491,7 @@ async fn measure(
         findings.extend(verification::findings(&v, &rollback, inputs.down.is_some(), outcome.ok));
         verification_report = Some(v);
     }
+    findings.extend(lint_findings(&inputs.text, file, &statements));
     let verdict = judge(&outcome, &statements, &writes, &opts.thresholds, &findings);
 
     Ok(DryRunReport {
@@ -600,6 +604,58 @@ fn judge(
         reasons.push(format!("{} replayed writes, none failed or blocked", writes.replayed));
     }
     VerdictReport { result, reasons }
+}
+
+/// squawk's rule hits on the up-migration, each joined to what its statement was measured to do.
+fn lint_findings(text: &str, file: &str, statements: &[StatementReport]) -> Vec<Finding> {
+    let ms = |v: f64| {
+        if v >= 1000.0 {
+            format!("{:.1} s", v / 1000.0)
+        } else {
+            format!("{v:.0} ms")
+        }
+    };
+    crate::lint::lint(text, 15)
+        .into_iter()
+        .map(|hit| {
+            // The statement the hit is in: the last one starting at or before its line.
+            let stmt = statements
+                .iter()
+                .filter(|s| s.outcome.line <= hit.line && s.outcome.line > 0)
+                .max_by_key(|s| s.outcome.line);
+            let (severity, evidence) = match stmt {
+                Some(s) => {
+                    let locks: Vec<String> = s
+                        .locks
+                        .iter()
+                        .map(|l| format!("held {} on {} {}", l.mode, l.relation, ms(l.held_ms)))
+                        .collect();
+                    let mut evidence = format!("measured: ran {}", ms(s.outcome.duration_ms));
+                    if !locks.is_empty() {
+                        evidence.push_str(&format!(", {}", locks.join(", ")));
+                    }
+                    evidence.push_str(&format!(", {} write(s) blocked", s.blocked_writes));
+                    if !s.outcome.ok {
+                        evidence.push_str(&format!(
+                            ", failed with {}",
+                            s.outcome.sqlstate.clone().unwrap_or_default()
+                        ));
+                    }
+                    let harmful = s.blocked_writes > 0 || !s.outcome.ok;
+                    (if harmful { Severity::Warn } else { Severity::Info }, evidence)
+                }
+                None => (Severity::Warn, "not run (an earlier statement failed)".to_string()),
+            };
+            Finding::new(
+                &format!("lint-{}", hit.rule),
+                severity,
+                hit.message,
+                evidence,
+                hit.help.as_deref().unwrap_or(""),
+            )
+            .at(file, hit.line)
+        })
+        .collect()
 }
 
 /// A read probe: `SELECT 1 FROM t LIMIT 1` in a loop; returns each read's duration in ms.
