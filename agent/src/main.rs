@@ -162,15 +162,24 @@ struct DryRunArgs {
     /// Lock sampling interval in milliseconds (at most 50)
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=50))]
     sample_interval_ms: u64,
-    /// Writes that may wait behind the migration before the verdict is warn
-    #[arg(long, default_value_t = 0)]
-    max_blocked_writes: usize,
-    /// The longest a write may wait behind the migration before the verdict is fail (e.g. 1s, 500ms)
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    max_lock_wait: Duration,
-    /// Replayed writes that may fail on the new schema
-    #[arg(long, default_value_t = 0)]
-    max_failed_writes: usize,
+    /// Thresholds file (TOML, `[thresholds]`) [default: .understudy.toml in the working directory, if present]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Writes that may wait behind the migration before the verdict is warn [default: 0]
+    #[arg(long)]
+    max_blocked_writes: Option<usize>,
+    /// The longest a write may wait behind the migration before the verdict is fail [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    max_lock_wait: Option<Duration>,
+    /// Replayed writes that may fail on the new schema [default: 0]
+    #[arg(long)]
+    max_failed_writes: Option<usize>,
+    /// The longest the migration may run before the verdict is fail [default: no limit]
+    #[arg(long, value_parser = parse_duration)]
+    max_duration: Option<Duration>,
+    /// What an untested rollback (no --down) does to the verdict [default: warn]
+    #[arg(long, value_enum)]
+    rollback: Option<RollbackArg>,
     /// Start at this time of day (HH:MM, 24-hour), so the rehearsal meets the same traffic as the real run
     #[arg(long, conflicts_with = "cron")]
     at: Option<String>,
@@ -185,6 +194,13 @@ struct DryRunArgs {
     /// Write the report here instead of stdout
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum RollbackArg {
+    Require,
+    Warn,
+    Ignore,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -547,6 +563,33 @@ async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCo
     use understudy::dryrun::{self, report::Verdict};
     use understudy::schedule::{self, Schedule};
     let sandbox = SandboxName::parse(&args.sandbox).map_err(SandboxError::from)?;
+    let config = args
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from(".understudy.toml")).filter(|p| p.is_file()));
+    let mut thresholds = match &config {
+        Some(path) => dryrun::config::load(path).map_err(|e| UsageError(e.to_string()))?,
+        None => dryrun::Thresholds::default(),
+    };
+    if let Some(v) = args.max_failed_writes {
+        thresholds.max_failed_writes = v;
+    }
+    if let Some(v) = args.max_blocked_writes {
+        thresholds.max_blocked_writes = v;
+    }
+    if let Some(v) = args.max_lock_wait {
+        thresholds.max_lock_wait = v;
+    }
+    if let Some(v) = args.max_duration {
+        thresholds.max_duration = Some(v);
+    }
+    if let Some(v) = args.rollback {
+        thresholds.rollback = match v {
+            RollbackArg::Require => dryrun::config::RollbackPolicy::Require,
+            RollbackArg::Warn => dryrun::config::RollbackPolicy::Warn,
+            RollbackArg::Ignore => dryrun::config::RollbackPolicy::Ignore,
+        };
+    }
     let when = match (&args.at, &args.cron) {
         (Some(at), _) => Schedule::at(at, args.tz.as_deref()),
         (None, Some(cron)) => Schedule::cron(cron, args.tz.as_deref()),
@@ -592,11 +635,7 @@ async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCo
         statement_timeout: args.statement_timeout,
         deadline: args.deadline,
         sample_interval: Duration::from_millis(args.sample_interval_ms),
-        thresholds: dryrun::Thresholds {
-            max_failed_writes: args.max_failed_writes,
-            max_blocked_writes: args.max_blocked_writes,
-            max_lock_wait: args.max_lock_wait,
-        },
+        thresholds,
     };
     let say = |line: &str| eprintln!("{line}");
     let report = tokio::select! {

@@ -284,6 +284,39 @@ async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
     assert_eq!(col.nulls, col.rows);
     assert_clean(&state);
 
+    // Thresholds a team sets: an untested rollback fails under `rollback = "require"`, a duration limit fails a
+    // slow migration.
+    let mut opts = options(
+        &root,
+        "strict",
+        "ALTER TABLE orders ADD COLUMN flag text;\nSELECT pg_sleep(1.5);",
+        None,
+        None,
+    );
+    opts.thresholds = understudy::dryrun::config::parse("[thresholds]\nrollback = \"require\"\nmax_duration = \"1s\"")
+        .expect("config");
+    let report = dryrun::run(&state, &opts, &quiet).await.expect("dry-run");
+    assert_eq!(report.verdict.result, Verdict::Fail);
+    let reasons = report.verdict.reasons.join(" | ");
+    assert!(reasons.contains("rollback untested"), "{reasons}");
+    assert!(reasons.contains("over the limit of 1 s"), "{reasons}");
+    assert_clean(&state);
+    // A bad configuration file is a usage error before anything is forked.
+    let bad = root.path().join("bad.toml");
+    std::fs::write(&bad, "[thresholds]\nmax_lock_wait = \"soon\"\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("--state-dir")
+        .arg(state.root())
+        .args(["dry-run", "--sandbox", "shop", "--config"])
+        .arg(&bad)
+        .arg("--up")
+        .arg(&opts.up)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("thresholds.max_lock_wait"));
+    assert_clean(&state);
+
     writer.stop().await.expect("writer");
     let db = sandbox::cluster_of(&meta)
         .expect("cluster")

@@ -6,6 +6,7 @@
 //! fork ─ replay starts ─ warm-up window (baseline latency) ─ migration (timed, sampled) ─ after window ─ stop
 //! ```
 
+pub mod config;
 pub mod report;
 pub mod verification;
 
@@ -61,6 +62,10 @@ pub struct Thresholds {
     pub max_blocked_writes: usize,
     /// The longest a write may wait behind the migration before the verdict is `fail` (default 1 s).
     pub max_lock_wait: Duration,
+    /// The longest the migration may run before the verdict is `fail` (default none).
+    pub max_duration: Option<Duration>,
+    /// What an untested rollback does to the verdict (default warn).
+    pub rollback: config::RollbackPolicy,
 }
 
 impl Default for Thresholds {
@@ -69,6 +74,8 @@ impl Default for Thresholds {
             max_failed_writes: 0,
             max_blocked_writes: 0,
             max_lock_wait: Duration::from_secs(1),
+            max_duration: None,
+            rollback: config::RollbackPolicy::Warn,
         }
     }
 }
@@ -589,8 +596,23 @@ fn judge(
             writes.blocked, writes.blocked_max_ms
         ));
     }
+    if let Some(max) = t.max_duration
+        && outcome.duration_ms > max.as_secs_f64() * 1000.0
+    {
+        result = Verdict::Fail;
+        reasons.push(format!(
+            "the migration ran {:.1} s, over the limit of {} s",
+            outcome.duration_ms / 1000.0,
+            max.as_secs()
+        ));
+    }
     for f in findings.iter().filter(|f| f.severity != Severity::Info) {
-        result = result.max(if f.severity == Severity::Fail {
+        let severity = match (f.code.as_str(), t.rollback) {
+            ("rollback-untested", config::RollbackPolicy::Require) => Severity::Fail,
+            ("rollback-untested", config::RollbackPolicy::Ignore) => continue,
+            _ => f.severity,
+        };
+        result = result.max(if severity == Severity::Fail {
             Verdict::Fail
         } else {
             Verdict::Warn
