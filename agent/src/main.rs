@@ -162,6 +162,10 @@ struct DryRunArgs {
     /// Lock sampling interval in milliseconds (at most 50)
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=50))]
     sample_interval_ms: u64,
+    /// Stand in for a long transaction production has at that hour: hold ACCESS SHARE on TABLE for SECONDS from
+    /// just before the migration (repeatable), e.g. orders:5
+    #[arg(long = "simulate-reader", value_parser = parse_reader)]
+    long_readers: Vec<(String, Duration)>,
     /// Thresholds file (TOML, `[thresholds]`) [default: .understudy.toml in the working directory, if present]
     #[arg(long)]
     config: Option<PathBuf>,
@@ -244,11 +248,17 @@ struct DemoArgs {
     #[arg(long)]
     keep: bool,
     /// Seconds to watch the sandbox follow the writer
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 6)]
     seconds: u64,
     /// Rows in the demo's largest table
     #[arg(long, default_value_t = 200_000)]
     rows: i64,
+    /// Where to write the dry-run reports [default: a new directory under the temp directory]
+    #[arg(long)]
+    reports: Option<PathBuf>,
+    /// Only the sandbox part (no dry-runs)
+    #[arg(long)]
+    sandbox_only: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -299,6 +309,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown duration unit {other:?} (use s, m, h, d)")),
     };
     Ok(Duration::from_secs(secs))
+}
+
+fn parse_reader(text: &str) -> Result<(String, Duration), String> {
+    let (table, secs) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?}: use TABLE:SECONDS, e.g. orders:5"))?;
+    let secs: f64 = secs
+        .parse()
+        .map_err(|_| format!("{text:?}: SECONDS must be a number"))?;
+    if table.is_empty() || !(0.0..=3600.0).contains(&secs) {
+        return Err(format!("{text:?}: use TABLE:SECONDS with 0 to 3600 seconds"));
+    }
+    Ok((table.to_string(), Duration::from_secs_f64(secs)))
 }
 
 fn main() -> ExitCode {
@@ -401,6 +424,8 @@ async fn run(cli: Cli, state_dir: StateDir) -> anyhow::Result<ExitCode> {
                 keep: args.keep,
                 watch_seconds: args.seconds,
                 rows: args.rows,
+                reports: args.reports,
+                sandbox_only: args.sandbox_only,
                 state_dir: cli.state_dir,
             })
             .await?;
@@ -636,6 +661,7 @@ async fn dry_run(args: DryRunArgs, state_dir: StateDir) -> anyhow::Result<ExitCo
         deadline: args.deadline,
         sample_interval: Duration::from_millis(args.sample_interval_ms),
         thresholds,
+        long_readers: args.long_readers,
     };
     let say = |line: &str| eprintln!("{line}");
     let report = tokio::select! {

@@ -49,6 +49,7 @@ fn options(root: &TempRoot, sql: &str, fork_name: &str) -> DryRunOptions {
         deadline: Duration::from_secs(300),
         sample_interval: Duration::from_millis(10),
         thresholds: Thresholds::default(),
+        long_readers: Vec::new(),
     }
 }
 

@@ -59,6 +59,7 @@ fn options(root: &TempRoot, name: &str, up: &str, down: Option<&str>, checks: Op
         deadline: Duration::from_secs(300),
         sample_interval: Duration::from_millis(20),
         thresholds: Thresholds::default(),
+        long_readers: Vec::new(),
     }
 }
 

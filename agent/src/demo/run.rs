@@ -20,6 +20,10 @@ pub struct DemoOptions {
     pub keep: bool,
     pub watch_seconds: u64,
     pub rows: i64,
+    /// Where the dry-run reports go (kept after the clusters are removed).
+    pub reports: Option<PathBuf>,
+    /// Skip the dry-runs (only the sandbox part).
+    pub sandbox_only: bool,
     /// Where to put the demo's clusters; a fresh temporary directory when `None`.
     pub state_dir: Option<PathBuf>,
 }
@@ -31,6 +35,9 @@ pub struct DemoOutcome {
     pub tables_total: usize,
     pub writes_during_follow: u64,
     pub ddl_applied: Vec<String>,
+    /// Each curated migration's dry-run: (name, verdict, the number that matters).
+    pub dry_runs: Vec<(String, crate::dryrun::report::Verdict, String)>,
+    pub reports_dir: Option<PathBuf>,
 }
 
 /// Runs the demo, printing as it goes.
@@ -64,6 +71,15 @@ async fn demo(opts: &DemoOptions, root: &std::path::Path) -> Result<DemoOutcome,
     let mut source = SourceServer::start(&root.join("production"), "shop", &[]).await?;
     source.load_sample(opts.rows, "shop_pub").await?;
     let admin = source.admin().await?;
+    admin
+        .batch_execute(&format!(
+            "{}\nALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;\n\
+             GRANT SELECT ON orgs, accounts, users TO {};",
+            super::migrations::SEED,
+            crate::pg::quote_ident(super::source::REPLICATOR)
+        ))
+        .await
+        .map_err(crate::pg::PgError::sql("loading the production shapes"))?;
     println!(
         "      production listens on 127.0.0.1:{} (database shop)",
         source.cluster.port()
@@ -87,7 +103,25 @@ async fn demo(opts: &DemoOptions, root: &std::path::Path) -> Result<DemoOutcome,
         progress: true,
     };
     let say = |line: &str| println!("      {line}");
-    let result = follow_and_check(opts, &source, &admin, writer, &state, &name, &create, &say, started).await;
+    let mut result = follow_and_check(opts, &source, &admin, writer, &state, &name, &create, &say, started).await;
+    if let Ok(outcome) = &mut result
+        && !opts.sandbox_only
+    {
+        let reports = opts
+            .reports
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-demo-reports-{}", std::process::id())));
+        match dry_runs(&source, &state, &name, &reports).await {
+            Ok(runs) => {
+                outcome.dry_runs = runs;
+                outcome.reports_dir = Some(reports);
+            }
+            Err(e) => result = Err(e),
+        }
+        if let Ok(outcome) = &result {
+            print_summary(outcome, started);
+        }
+    }
     if opts.keep {
         source.keep();
         println!();
@@ -228,6 +262,8 @@ async fn follow_and_check(
     );
     let _ = source;
     Ok(DemoOutcome {
+        dry_runs: Vec::new(),
+        reports_dir: None,
         tables_equal: equal,
         tables_total: tables.len(),
         writes_during_follow: writes,
@@ -241,4 +277,132 @@ async fn count(client: &tokio_postgres::Client, table: &str) -> Result<i64, Sand
         .await
         .map_err(crate::pg::PgError::sql("counting rows"))?
         .get(0))
+}
+
+/// Dry-runs every curated migration under the steady writer and returns (name, verdict, the number that matters).
+async fn dry_runs(
+    source: &SourceServer,
+    state: &StateDir,
+    sandbox: &SandboxName,
+    reports: &std::path::Path,
+) -> Result<Vec<(String, crate::dryrun::report::Verdict, String)>, SandboxError> {
+    use crate::dryrun::{self, DryRunOptions, Thresholds};
+    std::fs::create_dir_all(reports).map_err(|e| SandboxError::io(format!("creating {}", reports.display()), e))?;
+    println!();
+    println!("== Dry-runs: each migration on a fork, under production's replayed writes, against a control twin ==");
+    let writer = Writer::start(source.admin().await?, 200);
+    let mut out = Vec::new();
+    for (i, m) in super::migrations::CURATED.iter().enumerate() {
+        println!(
+            "[{}/{}] {} — {}",
+            i + 1,
+            super::migrations::CURATED.len(),
+            m.name,
+            m.pattern
+        );
+        let write = |suffix: &str, text: &str| -> Result<PathBuf, SandboxError> {
+            let path = reports.join(format!("{:02}-{}.{suffix}", i + 1, m.name));
+            std::fs::write(&path, text).map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))?;
+            Ok(path)
+        };
+        let fork_name = SandboxName::parse(&format!("demo-{}", m.name))?;
+        let opts = DryRunOptions {
+            sandbox: sandbox.clone(),
+            up: write("up.sql", m.up)?,
+            down: m.down.map(|d| write("down.sql", d)).transpose()?,
+            checks: m.checks.map(|c| write("checks.sql", c)).transpose()?,
+            verify: true,
+            single_transaction: false,
+            warmup: Duration::from_millis(1500),
+            after: Duration::from_millis(1000),
+            workers: 2,
+            strategy: None,
+            fork_name,
+            keep_fork: false,
+            statement_timeout: Some(Duration::from_secs(60)),
+            deadline: Duration::from_secs(120),
+            sample_interval: Duration::from_millis(20),
+            thresholds: Thresholds::default(),
+            long_readers: m
+                .long_reader
+                .map(|(t, s)| vec![(t.to_string(), Duration::from_secs(s))])
+                .unwrap_or_default(),
+        };
+        let quiet = |_: &str| {};
+        let report = dryrun::run(state, &opts, &quiet)
+            .await
+            .map_err(|e| SandboxError::Failed(format!("dry-run {}: {e}", m.name)))?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| SandboxError::Failed(e.to_string()))?;
+        write("json", &json)?;
+        write("md", &report.markdown())?;
+        let number = key_number(&report);
+        println!("      {:?}: {number}", report.verdict.result);
+        out.push((m.name.to_string(), report.verdict.result, number));
+    }
+    writer.stop().await?;
+    Ok(out)
+}
+
+/// The one number that matters for a report.
+fn key_number(r: &crate::dryrun::report::DryRunReport) -> String {
+    if let Some(l) = r.rollback.lossy_columns.first() {
+        return format!(
+            "{} values of {}.{} not restored by the down-migration",
+            l.values_not_restored, l.table, l.column
+        );
+    }
+    let preflight: Vec<String> = r.preflight.iter().map(|p| p.message.clone()).collect();
+    if !preflight.is_empty() {
+        return preflight.join("; ");
+    }
+    if r.writes.failed > 0 {
+        return format!("{} replayed writes failed on the new schema", r.writes.failed);
+    }
+    if r.writes.blocked > 0 {
+        let lock = r
+            .migration
+            .statements
+            .iter()
+            .flat_map(|s| s.locks.iter())
+            .max_by(|a, b| a.held_ms.total_cmp(&b.held_ms));
+        return format!(
+            "{} writes blocked, up to {:.2} s each{}",
+            r.writes.blocked,
+            r.writes.blocked_max_ms / 1000.0,
+            lock.map(|l| format!(" ({} on {} held {:.0} ms)", l.mode, l.relation, l.held_ms))
+                .unwrap_or_default()
+        );
+    }
+    if !r.migration.ok {
+        return r.verdict.reasons.first().cloned().unwrap_or_default();
+    }
+    format!(
+        "{} writes replayed, 0 blocked, 0 failed{}",
+        r.writes.replayed,
+        if r.findings.iter().any(|f| f.code == "rollback-proven") {
+            ", rollback proven"
+        } else {
+            ""
+        }
+    )
+}
+
+fn print_summary(outcome: &DemoOutcome, started: Instant) {
+    println!();
+    println!("== Summary ({:.0} s) ==", started.elapsed().as_secs_f64());
+    println!(
+        "  sandbox: {}/{} tables equal to production after {} concurrent writes and 1 schema change",
+        outcome.tables_equal, outcome.tables_total, outcome.writes_during_follow
+    );
+    for (name, verdict, number) in &outcome.dry_runs {
+        let v = match verdict {
+            crate::dryrun::report::Verdict::Pass => "PASS",
+            crate::dryrun::report::Verdict::Warn => "WARN",
+            crate::dryrun::report::Verdict::Fail => "FAIL",
+        };
+        println!("  {v:<4}  {name:<17} {number}");
+    }
+    if let Some(dir) = &outcome.reports_dir {
+        println!("  full reports (Markdown and JSON): {}", dir.display());
+    }
 }

@@ -104,6 +104,10 @@ pub struct DryRunOptions {
     pub deadline: Duration,
     pub sample_interval: Duration,
     pub thresholds: Thresholds,
+    /// Simulated long readers: production's reads are not in the WAL, so a report query or an idle-in-transaction
+    /// session that production has at the migration's hour is stood in for by a session on the migrated fork that
+    /// holds ACCESS SHARE on `table` from just before the migration for the given time.
+    pub long_readers: Vec<(String, Duration)>,
 }
 
 /// Runs a dry-run and returns its report. The forks are removed afterwards unless `keep_fork`, also on errors.
@@ -297,6 +301,23 @@ async fn measure(
         probes.push((table.clone(), tokio::spawn(probe(client, sql, stop))));
     }
 
+    let mut readers = Vec::new();
+    for (table, hold) in &opts.long_readers {
+        let reader = connect_plain(&fork_conninfo, "simulated-long-reader").await?;
+        let sql = format!(
+            "BEGIN; SELECT 1 FROM {} LIMIT 1",
+            table.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+        );
+        reader
+            .batch_execute(&sql)
+            .await
+            .map_err(PgError::sql(format!("starting the simulated reader on {table}")))?;
+        let hold = *hold;
+        readers.push(tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            let _ = reader.batch_execute("COMMIT").await;
+        }));
+    }
     let migration_client = connect_plain(&fork_conninfo, "understudy-migration").await?;
     let pid: i32 = migration_client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -316,6 +337,9 @@ async fn measure(
     let after_sleep = opts.after.min(deadline.saturating_duration_since(Instant::now()));
     tokio::time::sleep(after_sleep).await;
     let after_ended = Instant::now();
+    for r in readers {
+        let _ = r.await;
+    }
 
     probes_stop.store(true, Ordering::Relaxed);
     let mut reads = Vec::new();
@@ -374,8 +398,10 @@ async fn measure(
         .iter()
         .filter(|e| worker_pids.contains(&e.pid))
         .collect();
+    // A write is blocked when its worker waited behind the migration, or when it queued for a worker while the
+    // workers were waiting behind the migration (production's connections would each have waited on the lock).
     let blocked_wait = |r: &WriteRecord| -> Option<Duration> {
-        replay_episodes
+        let own = replay_episodes
             .iter()
             .filter(|e| e.pid == r.worker_pid && e.start <= r.end && e.end >= r.start)
             .map(|e| {
@@ -383,7 +409,25 @@ async fn measure(
                     .min(e.end + opts.sample_interval)
                     .saturating_duration_since(r.start.max(e.start))
             })
-            .max()
+            .max();
+        let queued = replay_episodes
+            .iter()
+            .filter(|e| {
+                e.start <= r.start
+                    && r.queued <= e.end
+                    && r.start.saturating_duration_since(r.queued) > opts.sample_interval
+            })
+            .map(|e| {
+                r.start
+                    .min(e.end + opts.sample_interval)
+                    .saturating_duration_since(r.queued.max(e.start))
+            })
+            .filter(|w| !w.is_zero())
+            .max();
+        match (own, queued) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        }
     };
     let mut blocked = 0usize;
     let mut blocked_total = Duration::ZERO;

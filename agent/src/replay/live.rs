@@ -47,6 +47,8 @@ pub struct WriteFailure {
 #[derive(Debug, Clone)]
 pub struct WriteRecord {
     pub worker_pid: i32,
+    /// When the reader handed the transaction to the dispatcher (it waits from here while workers are busy).
+    pub queued: Instant,
     pub start: Instant,
     pub end: Instant,
     /// How far behind production's commit the write finished on the fork.
@@ -95,7 +97,7 @@ pub struct LiveReplay {
     pub last_read: Arc<Mutex<Lsn>>,
 }
 
-type Batch = (Vec<Transaction>, HashMap<u32, Relation>);
+type Batch = (Vec<Transaction>, HashMap<u32, Relation>, Instant);
 /// A row (relation, key values) or, with `None`, a whole table.
 type RowKey = (u32, Option<String>);
 type KeySet = HashSet<RowKey>;
@@ -200,7 +202,7 @@ async fn read_loop(
             if let (Some(last), Ok(mut l)) = (batch.last(), last_read.lock()) {
                 *l = last.end_lsn;
             }
-            if tx.send((batch, reader.relations().clone())).is_err() {
+            if tx.send((batch, reader.relations().clone(), Instant::now())).is_err() {
                 return Ok(());
             }
         }
@@ -276,6 +278,7 @@ struct Job {
     commit_time: i64,
     end_lsn: Lsn,
     changes: usize,
+    queued: Instant,
 }
 
 struct Done {
@@ -319,7 +322,7 @@ async fn dispatch_loop(
             r.push(done.record);
         }
     };
-    while let Some((batch, relations)) = rx.recv().await {
+    while let Some((batch, relations, read_at)) = rx.recv().await {
         applier.update_relations(&relations);
         for tx in batch {
             let k = keys(&tx, &relations);
@@ -353,6 +356,7 @@ async fn dispatch_loop(
                 commit_time: tx.commit_time,
                 end_lsn: tx.end_lsn,
                 changes: tx.changes.len(),
+                queued: read_at,
             };
             for key in &k {
                 *inflight.entry(key.clone()).or_default() += 1;
@@ -417,6 +421,7 @@ async fn worker_loop(
         let end = Instant::now();
         let record = WriteRecord {
             worker_pid: pid,
+            queued: job.queued,
             start,
             end,
             lag: since_commit(job.commit_time),
