@@ -37,6 +37,14 @@ pub struct Chunk {
     pub bytes: i64,
 }
 
+impl Chunk {
+    /// True when the chunk is a whole table: it is then loaded in a transaction that truncates the table first,
+    /// which lets a `wal_level = minimal` server skip WAL for it and lets COPY freeze the rows.
+    pub fn whole_table(&self) -> bool {
+        self.blocks.is_none()
+    }
+}
+
 /// Splits tables into chunks, largest first.
 pub fn plan(tables: &[PublishedTable], text_only: &[QualifiedName], chunk_bytes: i64) -> Vec<Chunk> {
     let mut chunks = Vec::new();
@@ -121,8 +129,9 @@ impl Chunk {
 
     /// The `COPY ... FROM STDIN` run on the sandbox.
     pub fn copy_in_sql(&self) -> String {
+        let freeze = if self.whole_table() { ", FREEZE" } else { "" };
         format!(
-            "COPY {} ({}) FROM STDIN (FORMAT {})",
+            "COPY {} ({}) FROM STDIN (FORMAT {}{freeze})",
             self.table.sql(),
             self.columns_sql(),
             self.format()
@@ -233,6 +242,11 @@ async fn worker(
 
 async fn copy_chunk(src: &Client, dst: &Client, chunk: &Chunk, progress: &Progress) -> Result<(u64, u64), PgError> {
     let context = format!("copying {}", chunk.table);
+    if chunk.whole_table() {
+        dst.batch_execute(&format!("BEGIN; TRUNCATE {}", chunk.table.sql()))
+            .await
+            .map_err(PgError::sql(context.clone()))?;
+    }
     let stream = src
         .copy_out(&chunk.copy_out_sql())
         .await
@@ -243,13 +257,31 @@ async fn copy_chunk(src: &Client, dst: &Client, chunk: &Chunk, progress: &Progre
         .map_err(PgError::sql(context.clone()))?;
     pin_mut!(stream, sink);
     let mut bytes = 0u64;
+    // The source sends one CopyData message per row: relaying them in 256 KiB batches saves a frame per row on
+    // the way out (CPU here and in the sandbox's COPY FROM).
+    const BATCH: usize = 256 * 1024;
+    let mut batch = bytes::BytesMut::with_capacity(BATCH + 64 * 1024);
     while let Some(data) = stream.next().await {
         let data = data.map_err(PgError::sql(context.clone()))?;
         bytes += data.len() as u64;
-        progress.add_bytes(data.len() as u64);
-        sink.feed(data).await.map_err(PgError::sql(context.clone()))?;
+        batch.extend_from_slice(&data);
+        if batch.len() >= BATCH {
+            progress.add_bytes(batch.len() as u64);
+            sink.feed(batch.split().freeze())
+                .await
+                .map_err(PgError::sql(context.clone()))?;
+        }
     }
-    let rows = sink.as_mut().finish().await.map_err(PgError::sql(context))?;
+    if !batch.is_empty() {
+        progress.add_bytes(batch.len() as u64);
+        sink.feed(batch.split().freeze())
+            .await
+            .map_err(PgError::sql(context.clone()))?;
+    }
+    let rows = sink.as_mut().finish().await.map_err(PgError::sql(context.clone()))?;
+    if chunk.whole_table() {
+        dst.batch_execute("COMMIT").await.map_err(PgError::sql(context))?;
+    }
     Ok((bytes, rows))
 }
 

@@ -133,7 +133,16 @@ async fn build(
         run_as.own(&meta.cluster.data_dir)?;
         say("the sandbox's data directory is a btrfs subvolume (forks will be snapshots)");
     }
-    let cluster = Cluster::init(bins.clone(), run_as, meta.cluster.clone()).await?;
+    // The initial load runs with wal_level = minimal: tables truncated and loaded in one transaction, and
+    // indexes built in pg_restore's, then skip WAL. The server restarts with logical replication settings
+    // before the subscription exists.
+    let mut load_config = meta.cluster.clone();
+    load_config.settings.extend([
+        ("wal_level".to_string(), "minimal".to_string()),
+        ("max_wal_senders".to_string(), "0".to_string()),
+    ]);
+    let cache = Some(opts.state_dir.root().join(".cache"));
+    let mut cluster = Cluster::init_with(bins.clone(), run_as, load_config, cache).await?;
     cluster.start().await?;
     let admin = cluster.connect("postgres").await?;
     admin
@@ -173,7 +182,10 @@ async fn build(
     let copy_started = Instant::now();
     let text_only = copy::text_only_tables(client, &tables).await?;
     let total_bytes: i64 = tables.iter().map(|t| t.bytes).sum();
-    let chunks = copy::plan(&tables, &text_only, copy::chunk_bytes(total_bytes, opts.jobs));
+    // Whole tables (no block ranges): each is then loaded without WAL; splitting the largest table showed no
+    // gain on two cores (docs/benchmarks.md), while skipping WAL does.
+    let _ = copy::chunk_bytes(total_bytes, opts.jobs);
+    let chunks = copy::plan(&tables, &text_only, i64::MAX);
     let progress = Progress::start(
         "initial copy",
         chunks.len() as u64,
@@ -202,6 +214,9 @@ async fn build(
 
     let index_started = Instant::now();
     schema::restore(bins, &archive, &target, Section::PostData, opts.jobs).await?;
+    cluster.reconfigure(meta.cluster.clone())?;
+    cluster.stop(crate::pg::StopMode::Fast).await?;
+    cluster.start().await?;
     let indexes_seconds = index_started.elapsed().as_secs_f64();
     say(&format!("indexes and constraints built in {indexes_seconds:.1}s"));
     let _ = std::fs::remove_dir_all(&work);
