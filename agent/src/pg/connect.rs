@@ -22,34 +22,84 @@ pub async fn connect_plain(conninfo: &str, application_name: &str) -> Result<Cli
     Ok(client)
 }
 
-/// Connects to a source described by a [`ConnInfo`]. Errors name the redacted target, never the password.
+/// Connects to a source described by a [`ConnInfo`], with libpq's `sslmode` semantics: `disable`; `prefer` (the
+/// default: TLS when the server offers it, unverified); `require` (TLS, unverified); `verify-ca` (the chain checked
+/// against `sslrootcert`, or the system's roots); `verify-full` (and the host name). `sslcert`/`sslkey` give a
+/// client certificate. Errors name the redacted target, never the password.
 pub async fn connect_source(info: &ConnInfo, application_name: &str) -> Result<Client, PgError> {
-    if let Some(mode) = info.get("sslmode")
-        && matches!(mode, "require" | "verify-ca" | "verify-full")
-    {
+    let mode = info.get("sslmode").unwrap_or("prefer").to_string();
+    let mut client_info = info.clone();
+    if matches!(mode.as_str(), "verify-ca" | "verify-full") {
+        // tokio-postgres knows disable / prefer / require; verification is configured on the connector below.
+        client_info.set("sslmode", "require");
+    } else if !matches!(mode.as_str(), "disable" | "allow" | "prefer" | "require") {
         return Err(PgError::Config(format!(
-            "sslmode={mode}: TLS connections to the source are not supported by this build yet; connect over a \
-             trusted network or a TLS-terminating proxy with sslmode=disable or prefer"
+            "sslmode={mode} is not one of disable, allow, prefer, require, verify-ca, verify-full"
         )));
     }
-    let mut config: tokio_postgres::Config = info
+    if mode == "allow" {
+        client_info.set("sslmode", "prefer");
+    }
+    let mut config: tokio_postgres::Config = client_info
         .for_client()
         .parse()
         .map_err(|e| PgError::Config(format!("bad source connection string {}: {e}", info.redacted())))?;
     if info.get("application_name").is_none() {
         config.application_name(application_name);
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+    let fail = |e: tokio_postgres::Error| {
         PgError::Config(format!(
             "cannot connect to the source ({}): {}",
             info.redacted(),
             super::describe(&e)
         ))
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "source connection ended");
-        }
-    });
+    };
+    let client = if mode == "disable" {
+        let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "source connection ended");
+            }
+        });
+        client
+    } else {
+        let connector = tls_connector(info, &mode)?;
+        let (client, connection) = config.connect(connector).await.map_err(fail)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "source connection ended");
+            }
+        });
+        client
+    };
     Ok(client)
+}
+
+fn read_file(info: &ConnInfo, key: &str) -> Result<Option<Vec<u8>>, PgError> {
+    match info.get(key) {
+        None | Some("") => Ok(None),
+        Some(path) => std::fs::read(path)
+            .map(Some)
+            .map_err(|e| PgError::Config(format!("cannot read {key} file {path}: {e}"))),
+    }
+}
+
+fn tls_connector(info: &ConnInfo, mode: &str) -> Result<postgres_native_tls::MakeTlsConnector, PgError> {
+    let bad = |what: &str, e: native_tls::Error| PgError::Config(format!("{what}: {e}"));
+    let mut builder = native_tls::TlsConnector::builder();
+    let verify = matches!(mode, "verify-ca" | "verify-full");
+    builder.danger_accept_invalid_certs(!verify);
+    builder.danger_accept_invalid_hostnames(mode != "verify-full");
+    if let Some(pem) = read_file(info, "sslrootcert")? {
+        let cert =
+            native_tls::Certificate::from_pem(&pem).map_err(|e| bad("sslrootcert is not a PEM certificate", e))?;
+        builder.add_root_certificate(cert);
+    }
+    if let (Some(cert), Some(key)) = (read_file(info, "sslcert")?, read_file(info, "sslkey")?) {
+        let identity = native_tls::Identity::from_pkcs8(&cert, &key)
+            .map_err(|e| bad("sslcert/sslkey are not a PEM certificate and PKCS#8 key", e))?;
+        builder.identity(identity);
+    }
+    let connector = builder.build().map_err(|e| bad("setting up TLS", e))?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
 }
