@@ -354,7 +354,16 @@ async fn measure(
     }
     let unapplied_before_stop = replay.backlog();
     let worker_pids = replay.worker_pids.clone();
-    // Both twins stop at the same point of the stream: everything the sandbox committed before `upto`.
+    // Both twins stop at the same point of the stream: everything the sandbox committed before `upto`. The readers
+    // are held first, so that no read in flight can return a transaction from after `upto`.
+    let mut replay = replay;
+    let mut control_replay = control_replay;
+    match control_replay.as_mut() {
+        Some(c) => {
+            tokio::join!(replay.hold(), c.hold());
+        }
+        None => replay.hold().await,
+    }
     let sandbox_db = connect_plain(&sandbox_conninfo, "understudy-dryrun").await?;
     sandbox_db
         .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id();")
@@ -528,6 +537,26 @@ async fn measure(
                 ),
                 String::new(),
                 "check the sandbox's health (`understudy sandbox status`)",
+            ));
+        }
+        // Both twins must have applied the same transactions; if not, differences between them are not the
+        // migration's doing, and the report says so.
+        let lsns = |rs: &[WriteRecord]| rs.iter().map(|r| r.end_lsn).collect::<std::collections::BTreeSet<_>>();
+        let (la, lb) = (lsns(&records), lsns(control_records));
+        let only_a: Vec<String> = la.difference(&lb).take(5).map(ToString::to_string).collect();
+        let only_b: Vec<String> = lb.difference(&la).take(5).map(ToString::to_string).collect();
+        if !only_a.is_empty() || !only_b.is_empty() {
+            findings.push(Finding::new(
+                "replay-divergence",
+                Severity::Warn,
+                format!(
+                    "the twins applied different transactions ({} only on the migrated fork, {} only on the control \
+                     twin): data differences below may not be the migration's",
+                    la.difference(&lb).count(),
+                    lb.difference(&la).count()
+                ),
+                format!("only on the migrated fork: {only_a:?}; only on the control twin: {only_b:?}"),
+                "run the dry-run again; report this with the JSON report",
             ));
         }
         let a = connect_plain(&fork_conninfo, "understudy-verify").await?;

@@ -80,6 +80,9 @@ pub enum ReplayError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
     Run,
+    /// Finish the read in flight, then read nothing more until told to stop (so that a stop point taken now is
+    /// past everything read).
+    Hold,
     /// Read everything the sandbox has applied, then stop.
     Stop,
     /// Read the transactions that committed before this LSN, then stop.
@@ -95,6 +98,7 @@ pub struct LiveReplay {
     backlog: Arc<Mutex<usize>>,
     pub worker_pids: Vec<i32>,
     pub last_read: Arc<Mutex<Lsn>>,
+    held: watch::Receiver<bool>,
 }
 
 type Batch = (Vec<Transaction>, HashMap<u32, Relation>, Instant);
@@ -123,6 +127,7 @@ impl LiveReplay {
         let records = Arc::new(Mutex::new(Vec::new()));
         let backlog = Arc::new(Mutex::new(0usize));
         let last_read = Arc::new(Mutex::new(Lsn(0)));
+        let (held_tx, held) = watch::channel(false);
         let reader = tokio::spawn(read_loop(
             CaptureReader::new(reader_client, &config.capture_slot, &config.publication),
             tx,
@@ -130,6 +135,7 @@ impl LiveReplay {
             config.poll_interval,
             Arc::clone(&backlog),
             Arc::clone(&last_read),
+            held_tx,
         ));
         let dispatcher = tokio::spawn(dispatch_loop(rx, workers, Arc::clone(&records), Arc::clone(&backlog)));
         Ok(LiveReplay {
@@ -138,6 +144,7 @@ impl LiveReplay {
             dispatcher,
             records,
             backlog,
+            held,
             worker_pids,
             last_read,
         })
@@ -164,6 +171,13 @@ impl LiveReplay {
         self.finish(Signal::StopAt(upto), drain).await
     }
 
+    /// Holds the reader: returns once no read is in flight and none will start until `stop_at`. Every
+    /// transaction read so far committed before a WAL position taken after this returns.
+    pub async fn hold(&mut self) {
+        let _ = self.stop.send(Signal::Hold);
+        let _ = self.held.wait_for(|h| *h).await;
+    }
+
     async fn finish(self, signal: Signal, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
         let _ = self.stop.send(signal);
         self.reader.await.map_err(|e| ReplayError::Task(e.to_string()))??;
@@ -184,9 +198,19 @@ async fn read_loop(
     poll: Duration,
     backlog: Arc<Mutex<usize>>,
     last_read: Arc<Mutex<Lsn>>,
+    held: watch::Sender<bool>,
 ) -> Result<(), ReplayError> {
     loop {
-        let signal = *stop.borrow();
+        let mut signal = *stop.borrow_and_update();
+        if signal == Signal::Hold {
+            let _ = held.send(true);
+            while signal == Signal::Hold {
+                if stop.changed().await.is_err() {
+                    return Ok(());
+                }
+                signal = *stop.borrow_and_update();
+            }
+        }
         let stopping = signal != Signal::Run;
         let upto = match signal {
             Signal::StopAt(lsn) => Some(lsn),
