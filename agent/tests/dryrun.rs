@@ -68,6 +68,47 @@ async fn capture_slots(meta: &SandboxMeta) -> i64 {
     .get(0)
 }
 
+/// Waits for the dry-run's fork to be ready and returns it.
+async fn ready_fork(state: &StateDir) -> fork::ForkMeta {
+    loop {
+        if let Some(f) = fork::list(state)
+            .into_iter()
+            .find(|f| f.phase == fork::ForkPhase::Ready)
+        {
+            return f;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `understudy dry-run` of `up` and waits until its fork is ready.
+async fn spawn_dry_run(state: &StateDir, up: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("--state-dir")
+        .arg(state.root())
+        .args([
+            "dry-run",
+            "--sandbox",
+            "shop",
+            "--warmup",
+            "1s",
+            "--after",
+            "1s",
+            "--up",
+        ])
+        .arg(up)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    eventually(Duration::from_secs(60), "the dry-run's fork", || {
+        let state = state.clone();
+        async move { fork::list(&state).iter().any(|f| f.phase == fork::ForkPhase::Ready) }
+    })
+    .await;
+    child
+}
+
 fn assert_no_fork_left(state: &StateDir) {
     assert!(fork::list(state).is_empty(), "a fork was left behind");
 }
@@ -215,15 +256,7 @@ async fn alter_table_behind_a_long_transaction_queues_the_writers() {
         tokio::spawn(async move { dryrun::run(&state, &opts, &quiet).await })
     };
     // A session on the fork holds a lock on the hot table across the migration's start (the 2 AM incident).
-    let fork_meta = loop {
-        if let Some(f) = fork::list(&state)
-            .into_iter()
-            .find(|f| f.phase == fork::ForkPhase::Ready)
-        {
-            break f;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let fork_meta = ready_fork(&state).await;
     let holder = connect_plain(&fork_meta.conninfo(&s.meta), "report-job")
         .await
         .expect("fork");
@@ -309,29 +342,7 @@ async fn interrupting_or_failing_a_run_leaves_no_fork_and_no_capture_slot() {
     // SIGINT to the command line mid-run.
     let up = s.root.path().join("slow.sql");
     std::fs::write(&up, "SELECT pg_sleep(30);").expect("write");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
-        .arg("--state-dir")
-        .arg(state.root())
-        .args([
-            "dry-run",
-            "--sandbox",
-            "shop",
-            "--warmup",
-            "1s",
-            "--after",
-            "1s",
-            "--up",
-        ])
-        .arg(&up)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    eventually(Duration::from_secs(60), "the dry-run's fork", || {
-        let state = state.clone();
-        async move { fork::list(&state).iter().any(|f| f.phase == fork::ForkPhase::Ready) }
-    })
-    .await;
+    let child = spawn_dry_run(&state, &up).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -349,29 +360,7 @@ async fn interrupting_or_failing_a_run_leaves_no_fork_and_no_capture_slot() {
     assert_no_fork_left(&state);
     assert_eq!(capture_slots(&s.meta).await, 0);
     // kill -9 of the command line mid-run: its fork dies with it at the next fork command.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
-        .arg("--state-dir")
-        .arg(state.root())
-        .args([
-            "dry-run",
-            "--sandbox",
-            "shop",
-            "--warmup",
-            "1s",
-            "--after",
-            "1s",
-            "--up",
-        ])
-        .arg(&up)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    eventually(Duration::from_secs(60), "the dry-run's fork", || {
-        let state = state.clone();
-        async move { fork::list(&state).iter().any(|f| f.phase == fork::ForkPhase::Ready) }
-    })
-    .await;
+    let mut child = spawn_dry_run(&state, &up).await;
     child.kill().expect("kill -9");
     let _ = child.wait();
     // The run forks a migrated fork and its control twin; both are still there.
@@ -412,15 +401,7 @@ async fn a_statement_timeout_names_the_blocking_session_and_bad_schedules_are_re
         let opts = opts.clone();
         tokio::spawn(async move { dryrun::run(&state, &opts, &quiet).await })
     };
-    let fork_meta = loop {
-        if let Some(f) = fork::list(&state)
-            .into_iter()
-            .find(|f| f.phase == fork::ForkPhase::Ready)
-        {
-            break f;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let fork_meta = ready_fork(&state).await;
     let holder = connect_plain(&fork_meta.conninfo(&s.meta), "nightly-report")
         .await
         .expect("fork");

@@ -16,25 +16,13 @@ use understudy::source::{Replicate, SandboxName};
 
 /// accounts: 1,000 rows; 123 with plan NULL; 37 whose org_id matches no org; 500 with a plan_note.
 /// users: 200 rows; 15 mixed-case duplicate pairs of e-mails; 9 NULL e-mails.
-const SEED: &str = "
-CREATE TABLE orgs (id int PRIMARY KEY, name text);
-INSERT INTO orgs SELECT g, 'org ' || g FROM generate_series(1, 50) g;
-CREATE TABLE accounts (id int PRIMARY KEY, org_id int, plan text, plan_note text);
-INSERT INTO accounts
-SELECT g,
-       CASE WHEN g <= 37 THEN 900 + g ELSE 1 + g % 50 END,
-       CASE WHEN g % 8 = 0 AND g <= 984 THEN NULL ELSE 'basic' END,
-       CASE WHEN g % 2 = 0 THEN 'note ' || g END
-FROM generate_series(1, 1000) g;
-CREATE TABLE users (id int PRIMARY KEY, email text);
-INSERT INTO users SELECT g, CASE WHEN g <= 15 THEN 'Person' || g || '@Example.com'
-                               WHEN g <= 30 THEN 'person' || (g - 15) || '@example.com'
-                               WHEN g <= 39 THEN NULL
-                               ELSE 'user' || g || '@example.com' END
-FROM generate_series(1, 200) g;
-ALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;
-GRANT SELECT ON orgs, accounts, users TO understudy_replicator;
-";
+fn seed() -> String {
+    format!(
+        "{}\nALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;\n\
+         GRANT SELECT ON orgs, accounts, users TO understudy_replicator;",
+        understudy::demo::migrations::SEED
+    )
+}
 
 fn options(root: &TempRoot, name: &str, up: &str, down: Option<&str>, checks: Option<&str>) -> DryRunOptions {
     let write = |suffix: &str, text: &str| {
@@ -84,7 +72,7 @@ async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
         .admin()
         .await
         .expect("admin")
-        .batch_execute(SEED)
+        .batch_execute(&seed())
         .await
         .expect("seed");
     let opts = create_options(&root, &source, "shop", Replicate::Publication("shop_pub".into()));
