@@ -127,13 +127,15 @@ pub async fn measure(lab: &Lab, meta: &SandboxMeta, args: &SyncArgs) -> Result<L
     let load_ended = Instant::now();
     stop_sampling.store(true, Ordering::Relaxed);
     let other_cpu = lab.noise.foreign_seconds() - other_before;
-    let mut samples = sampler.join().await??;
-    stop_heartbeat.store(true, Ordering::Relaxed);
-    let heartbeats = heartbeat.join().await??;
-    // A last heartbeat, written after every pgbench transaction committed: once the sandbox shows it, it has
-    // applied all of the load.
+    // A heartbeat written now, after every pgbench transaction committed: once the sandbox shows it (or a later
+    // one), it has applied all of the load. Heartbeats commit in the order of their `at` (each UPDATE waits for
+    // the row lock and then takes its own `clock_timestamp()`), so the running heartbeat task does not disturb
+    // this; it is stopped afterwards so that waiting for its next tick does not count.
     catch_up(&admin, &sandbox).await?;
     let catch_up_seconds = load_ended.elapsed().as_secs_f64();
+    stop_heartbeat.store(true, Ordering::Relaxed);
+    let mut samples = sampler.join().await??;
+    let heartbeats = heartbeat.join().await??;
     let lag_tps = pgtool::parse_tps(&out)?;
 
     if samples.is_empty() {

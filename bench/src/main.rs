@@ -5,6 +5,9 @@
 //! cargo run --release -p understudy-bench -- sync --scale 50
 //! ```
 //!
+//! (`understudy-bench fork` measures fork-ready time per strategy against dump + restore; its method is in the
+//! doc comment of `fork.rs`.)
+//!
 //! # Setup
 //!
 //! A source cluster ([`understudy::demo::source::SourceServer`]: loopback TCP, scram passwords, the least-privilege
@@ -57,6 +60,7 @@
 //! [`understudy::sandbox::delete`] (which also drops their slots on the source), the baseline and source clusters
 //! destroyed, the working directory removed.
 
+mod fork;
 mod lab;
 mod lag;
 mod noise;
@@ -87,6 +91,35 @@ struct Cli {
 enum Command {
     /// Initial sync (sandbox create vs pg_dump + pg_restore) and apply lag under pgbench load, on a pgbench source.
     Sync(SyncArgs),
+    /// Fork-ready time per strategy (btrfs snapshot, reflink, template, copy) under pgbench load, against
+    /// pg_dump + pg_restore, at 1× and 4× the data (needs root: loop-mounts btrfs and xfs).
+    Fork(ForkArgs),
+}
+
+/// Options of `understudy-bench fork` (method: the doc comment of `bench/src/fork.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ForkArgs {
+    /// pgbench scale factor of the source at 1× (100,000 pgbench_accounts rows each).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scale: u32,
+    /// The larger data size, as a multiple of --scale.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub scale_factor: u32,
+    /// Also measure at --scale × --scale-factor (`--also-4x false` for a quick run at 1× only).
+    #[arg(long = "also-4x", default_value_t = true, action = clap::ArgAction::Set)]
+    pub also_4x: bool,
+    /// How many times each strategy and the dump + restore baseline are measured, per data size.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// pgbench -R (transactions per second) of the load on the source during every measurement.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Parallel jobs of the sandboxes' initial copy and of pg_dump -j / pg_restore -j.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Working directory (must not exist); default /tmp/understudy-bench-fork-<pid>.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Options of `understudy-bench sync`.
@@ -131,6 +164,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sync(args) => sync_command(args).await,
+            Command::Fork(args) => fork::command(args).await,
         }
     });
     match result {

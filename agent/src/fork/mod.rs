@@ -84,6 +84,10 @@ pub struct ForkTimings {
     pub start_ms: u64,
     /// From the request to a ready fork.
     pub total_ms: u64,
+    /// From the request to the start of the pause (sweep, checks, capture publication, the checkpoint before the
+    /// pause).
+    #[serde(default)]
+    pub prepare_ms: u64,
 }
 
 /// `fork.json`.
@@ -321,7 +325,7 @@ async fn create_set(
         ));
         set.push((meta, dir));
     }
-    match build(&sandbox, &sandbox_cluster, client, &mut set, say).await {
+    match build(&sandbox, &sandbox_cluster, client, &mut set, requested, say).await {
         Ok(()) => {
             let mut out = Vec::new();
             for (mut meta, dir) in set {
@@ -391,6 +395,7 @@ async fn build(
     sandbox_cluster: &Cluster,
     client: Client,
     set: &mut [(ForkMeta, PathBuf)],
+    requested_at: Instant,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ForkError> {
     client
@@ -415,6 +420,7 @@ async fn build(
         .await
         .map_err(PgError::sql("taking the pause lock"))?;
     let pause_started = Instant::now();
+    let prepare_ms = requested_at.elapsed().as_millis() as u64;
     let copied = match pause(&client, &sandbox.subscription).await {
         Ok(()) => capture_and_copy(sandbox, client, &admin, set).await,
         Err(e) => Err(e),
@@ -426,6 +432,7 @@ async fn build(
     resumed?;
     for (meta, dir) in set.iter_mut() {
         meta.timings.pause_ms = pause_ms;
+        meta.timings.prepare_ms = prepare_ms;
         say(&format!(
             "fork point {} (capture slot {}); sandbox apply paused {pause_ms} ms",
             meta.lsn.map(|l| l.to_string()).unwrap_or_default(),

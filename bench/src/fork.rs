@@ -1,0 +1,1126 @@
+//! `understudy-bench fork`: how long a fork of a sandbox takes, per strategy, under steady write load on the
+//! source, against `pg_dump -Fd` + `pg_restore` of the same source, at 1× and 4× the data.
+//!
+//! # Setup (per data size)
+//!
+//! A fresh [`Lab`] (source loaded with `pgbench -i -s <scale>`, published as in `sync`, and the baseline's
+//! target cluster), and two loop-mounted copy-on-write filesystems under its working directory, each holding
+//! the state directory of one sandbox that follows the source:
+//!
+//! - **btrfs** (`mkfs.btrfs`), sandbox `bench-btrfs`: its data directory is a btrfs subvolume, so the
+//!   strategies `btrfs-snapshot`, `template` and `copy` are measured on it;
+//! - **xfs** (`mkfs.xfs -m reflink=1`), sandbox `bench-xfs`: strategy `reflink`.
+//!
+//! Both sandboxes replicate the same publication (their slots on the source are named after them), both are
+//! created with [`understudy::sandbox::create`] and checked by row count before the load starts.
+//!
+//! # Load
+//!
+//! `pgbench -n -c 2 -j 2 -R <rate> -P 1` (built-in TPC-B-like script) runs on the source from before the first
+//! measurement to after the last one, so every fork (and every dump + restore) is taken while production writes
+//! and the sandboxes apply. The TPS pgbench reports each second is averaged over every measurement.
+//!
+//! # Measurements, `--repeat` rounds
+//!
+//! Each round measures, in this order (reversed every other round): a fork with every strategy, then one
+//! `pg_dump -Fd -j<jobs>` + `pg_restore -j<jobs>` of the source into a fresh database
+//! ([`crate::sync::dump_restore`]). Before each measurement (not timed) the page cache is written back (`sync`)
+//! and both sandboxes must have applied a heartbeat written on the source just before (caught up).
+//!
+//! - **fork ready** is the wall time of one [`understudy::fork::create`] call with a forced strategy: from the
+//!   request to a fork at a known LSN (its capture slot's start) that is detached and accepts writes. The
+//!   library's own timings ([`understudy::fork::ForkTimings`]) are printed beside it: what precedes the pause
+//!   (`total_ms - pause_ms - start_ms`: sweep, checks, capture publication, the `CHECKPOINT` before the pause),
+//!   the sandbox's apply pause, the capture slot and the copy (both inside the pause), start + detach of the
+//!   fork.
+//! - After the call (not timed): how long the sandbox took to apply the backlog its pause built up (a heartbeat
+//!   written on the source when the call returned becoming visible on the sandbox), then a check that the fork
+//!   accepts writes and holds the source's `pgbench_branches`/`pgbench_tellers` rows and `max(aid)`. Then the
+//!   fork is deleted ([`understudy::fork::delete`]).
+//!
+//! The ratio (dump + restore) / fork ready is computed from the means; the targets are: copy-on-write forks
+//! ready in ≤ 2 s (every run) and ≥ 8× faster than dump + restore, and fork time flat from 1× to 4× the data.
+//!
+//! # Clean-up
+//!
+//! After each data size, also after an error or Ctrl-C: forks deleted, sandboxes deleted (their slots leave the
+//! source, their servers stop), any server still running inside a mount killed, the filesystems unmounted and
+//! their images removed, then the lab's clusters and directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::AsyncBufReadExt;
+use understudy::fork::{self, ForkOptions, ForkTimings, Strategy};
+use understudy::pg::connect::connect_plain;
+use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
+use understudy::source::{Replicate, SandboxName};
+
+use crate::ForkArgs;
+use crate::lab::{self, Counts, DATABASE, Lab, Machine};
+use crate::pgtool::{self, sql};
+use crate::sync::{self, BaselineRun, mean};
+use crate::table::{self, Table, secs};
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+/// The longest a sandbox may take to apply a backlog before the bench gives up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// The order strategies are measured in within a round (reversed every other round).
+const ORDER: [Strategy; 4] = [
+    Strategy::BtrfsSnapshot,
+    Strategy::Reflink,
+    Strategy::Template,
+    Strategy::Copy,
+];
+/// A fork-ready time at most this many times its 1× value at 4× the data counts as flat.
+const FLAT: f64 = 1.5;
+
+/// `understudy-bench fork`.
+pub async fn command(args: ForkArgs) -> Result<()> {
+    if !understudy::pg::os_user::running_as_root() {
+        bail!("the fork benchmark loop-mounts btrfs and xfs filesystems: run it as root");
+    }
+    let base = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-bench-fork-{}", std::process::id())));
+    let base = std::path::absolute(&base).with_context(|| format!("resolving {}", base.display()))?;
+    if base.exists() {
+        bail!("{} exists: remove it or pass another --dir", base.display());
+    }
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", base.display()))?;
+    }
+    let mut scales = vec![args.scale];
+    if args.also_4x {
+        scales.push(
+            args.scale
+                .checked_mul(args.scale_factor)
+                .context("--scale times --scale-factor is too large")?,
+        );
+    }
+
+    println!("# understudy-bench fork");
+    let mut reports: Vec<ScaleReport> = Vec::new();
+    let mut failure = None;
+    for (i, &scale) in scales.iter().enumerate() {
+        let mut lab = Lab::new(base.join(format!("scale-{scale}")))?;
+        if i == 0 {
+            print!("{}", setup_table(&args, &lab, &base).await.render());
+        }
+        let mut rig = Rig::default();
+        let outcome = tokio::select! {
+            outcome = run_scale(&args, &mut lab, &mut rig, scale) => outcome,
+            signal = tokio::signal::ctrl_c() => match signal {
+                Ok(()) => Err(anyhow::anyhow!("interrupted")),
+                Err(e) => Err(anyhow::Error::new(e).context("waiting for Ctrl-C")),
+            },
+        };
+        if let Err(e) = &outcome {
+            eprintln!("error: {e:#}");
+            eprintln!("cleaning up after the error ...");
+        }
+        let other_cpu = lab.noise.available().then(|| lab.noise.foreign_seconds());
+        let rig_cleanup = rig.finish().await;
+        let lab_cleanup = lab.finish(false).await;
+        match outcome {
+            Ok(mut report) => {
+                report.other_cpu = other_cpu;
+                print!("{}", report.runs_table().render());
+                print!("{}", report.dump_table(args.jobs).render());
+                print!("{}", report.strategy_table(args.jobs).render());
+                reports.push(report);
+            }
+            Err(e) => {
+                failure = Some(e);
+            }
+        }
+        for cleanup in [rig_cleanup, lab_cleanup] {
+            if let Err(e) = cleanup {
+                eprintln!("error: cleaning up: {e:#}");
+                failure.get_or_insert(e.context("cleaning up"));
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(&base)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("note: could not remove {}: {e}", base.display());
+    }
+    if !reports.is_empty() {
+        if reports.len() > 1 {
+            print!("{}", flatness_table(&reports, args.jobs).render());
+        }
+        print!("{}", summary_table(&reports, args.jobs).render());
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) if reports.is_empty() => Err(e.context("the benchmark failed; everything was cleaned up")),
+        Some(e) => Err(e.context(format!(
+            "the benchmark failed after {} of {} data size(s) (their tables are above); everything was cleaned up",
+            reports.len(),
+            scales.len()
+        ))),
+    }
+}
+
+async fn setup_table(args: &ForkArgs, lab: &Lab, base: &Path) -> Table {
+    let machine = Machine::describe(&lab.bins).await;
+    let mut setup = Table::new("Setup", &["item", "value"]);
+    setup.row(["machine", &machine.summary()]);
+    setup.row(["PostgreSQL", &machine.postgres]);
+    setup.row([
+        "command",
+        &format!(
+            "understudy-bench fork --scale {} --scale-factor {} --also-4x {} --repeat {} --rate {} --jobs {}",
+            args.scale, args.scale_factor, args.also_4x, args.repeat, args.rate, args.jobs
+        ),
+    ]);
+    setup.row(["working directory", &base.display().to_string()]);
+    setup.row([
+        "load on the source during every measurement",
+        &format!(
+            "pgbench -n -c 2 -j 2 -R {} -P 1 (TPC-B-like), from before the first measurement to after the last",
+            args.rate
+        ),
+    ]);
+    setup.row([
+        "sandboxes",
+        "bench-btrfs on loop-mounted btrfs (btrfs-snapshot, template, copy); bench-xfs on loop-mounted xfs \
+         -m reflink=1 (reflink); both follow the source",
+    ]);
+    setup
+}
+
+/// A loop-mounted filesystem; unmounted and its image removed when released or dropped.
+struct Mount {
+    kind: &'static str,
+    dir: PathBuf,
+    image: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    /// Makes a `kind` (btrfs or xfs with reflink) filesystem in a sparse image of `bytes` under `parent` and
+    /// mounts it at `parent/<kind>-mnt`.
+    fn new(parent: &Path, kind: &'static str, bytes: u64) -> Result<Self> {
+        let mut mount = Mount {
+            kind,
+            dir: parent.join(format!("{kind}-mnt")),
+            image: parent.join(format!("{kind}.img")),
+            mounted: false,
+        };
+        std::fs::create_dir_all(&mount.dir).with_context(|| format!("creating {}", mount.dir.display()))?;
+        let file =
+            std::fs::File::create(&mount.image).with_context(|| format!("creating {}", mount.image.display()))?;
+        file.set_len(bytes)
+            .with_context(|| format!("sizing {}", mount.image.display()))?;
+        drop(file);
+        let mut mkfs = match kind {
+            "btrfs" => {
+                let mut c = std::process::Command::new("mkfs.btrfs");
+                c.arg("-q");
+                c
+            }
+            "xfs" => {
+                let mut c = std::process::Command::new("mkfs.xfs");
+                c.args(["-q", "-m", "reflink=1"]);
+                c
+            }
+            other => bail!("unknown filesystem {other}"),
+        };
+        mkfs.arg(&mount.image);
+        run_sync(
+            mkfs,
+            &format!("mkfs.{kind} (install btrfs-progs / xfsprogs: bash .ci/setup)"),
+        )?;
+        let mut cmd = std::process::Command::new("mount");
+        cmd.args(["-o", "loop"]).arg(&mount.image).arg(&mount.dir);
+        run_sync(cmd, &format!("mount -o loop ({kind})"))?;
+        mount.mounted = true;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", mount.dir.display()))?;
+        Ok(mount)
+    }
+
+    fn state(&self) -> StateDir {
+        StateDir::at(self.dir.join("state"))
+    }
+
+    /// Kills any server still running inside, unmounts (retrying while busy), removes the image.
+    fn release(&mut self) -> Result<()> {
+        let mut problems = Vec::new();
+        kill_postmasters(&self.dir);
+        if self.mounted {
+            let mut unmounted = false;
+            for _ in 0..50 {
+                let out = std::process::Command::new("umount").arg(&self.dir).output();
+                if out.map(|o| o.status.success()).unwrap_or(false) {
+                    unmounted = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                kill_postmasters(&self.dir);
+            }
+            if !unmounted {
+                // Still busy after 10 s: detach it lazily so that the image can go, and say so.
+                let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+                problems.push(format!(
+                    "{} ({}) was busy for 10 s and was unmounted lazily (umount -l)",
+                    self.dir.display(),
+                    self.kind
+                ));
+            }
+            self.mounted = false;
+        }
+        if let Err(e) = std::fs::remove_file(&self.image)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            problems.push(format!("removing {}: {e}", self.image.display()));
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(problems.join("; "))
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if (self.mounted || self.image.exists())
+            && let Err(e) = self.release()
+        {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
+
+/// Kills (SIGKILL) every postmaster whose data directory is under `dir` and waits up to 5 s for them to go.
+fn kill_postmasters(dir: &Path) {
+    for _ in 0..50 {
+        let pids = understudy::pg::cluster::postmasters_under(dir);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_sync(mut cmd: std::process::Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A sandbox on one of the filesystems and the strategies measured on it.
+struct Target {
+    fs: &'static str,
+    name: SandboxName,
+    state: StateDir,
+    strategies: Vec<Strategy>,
+    meta: Option<SandboxMeta>,
+}
+
+/// The mounts and sandboxes of one data size, removed by [`Rig::finish`] (or, for the mounts, when dropped).
+#[derive(Default)]
+struct Rig {
+    mounts: Vec<Mount>,
+    targets: Vec<Target>,
+}
+
+impl Rig {
+    async fn finish(&mut self) -> Result<()> {
+        let mut problems = Vec::new();
+        for target in std::mem::take(&mut self.targets) {
+            for f in fork::list(&target.state) {
+                if let Err(e) = fork::delete(&target.state, &f.name).await {
+                    problems.push(format!("deleting fork {}: {e}", f.name));
+                }
+            }
+            if target.state.sandbox_dir(&target.name).exists()
+                && let Err(e) = sandbox::delete(&target.state, &target.name, None, true).await
+            {
+                problems.push(format!("deleting sandbox {}: {e}", target.name));
+            }
+        }
+        for mut mount in std::mem::take(&mut self.mounts) {
+            if let Err(e) = mount.release() {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(problems.join("; "))
+        }
+    }
+
+    fn target(&self, strategy: Strategy) -> Result<&Target> {
+        self.targets
+            .iter()
+            .find(|t| t.strategies.contains(&strategy))
+            .with_context(|| format!("no sandbox measures strategy {}", strategy.as_str()))
+    }
+}
+
+/// Steady pgbench load on the source, killed when dropped; its per-second TPS reports are kept.
+struct Load {
+    child: tokio::process::Child,
+    progress: Arc<Mutex<Vec<(Instant, f64)>>>,
+    tail: Arc<Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Load {
+    fn start(lab: &Lab, rate: u32) -> Result<Self> {
+        let source = lab.source()?;
+        let mut cmd = pgtool::command(&lab.bins, "pgbench");
+        cmd.arg("-h")
+            .arg(&source.cluster.config().socket_dir)
+            .arg("-p")
+            .arg(source.cluster.port().to_string())
+            .args([
+                "-U", "postgres", "-n", "-c", "2", "-j", "2", "-P", "1", "-T", "86400", "-R",
+            ])
+            .arg(rate.to_string())
+            .arg(DATABASE)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting pgbench (load)")?;
+        let stderr = child.stderr.take().context("pgbench's standard error")?;
+        let progress = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let progress = Arc::clone(&progress);
+            let tail = Arc::clone(&tail);
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(tps) = parse_progress(&line) {
+                        if let Ok(mut p) = progress.lock() {
+                            p.push((Instant::now(), tps));
+                        }
+                    } else if let Ok(mut t) = tail.lock() {
+                        t.push(line);
+                        let excess = t.len().saturating_sub(20);
+                        t.drain(..excess);
+                    }
+                }
+            })
+        };
+        Ok(Load {
+            child,
+            progress,
+            tail,
+            reader,
+        })
+    }
+
+    /// Fails when pgbench is no longer running.
+    fn check(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("checking on pgbench")? {
+            let tail = self.tail.lock().map(|t| t.join("\n")).unwrap_or_default();
+            bail!("the pgbench load ended early ({status}): {tail}");
+        }
+        Ok(())
+    }
+
+    /// Mean of pgbench's per-second TPS reports covering `from..to` (the first report after `to` when the
+    /// window is shorter than a report).
+    fn tps(&self, from: Instant, to: Instant) -> Option<f64> {
+        let progress = self.progress.lock().ok()?;
+        let until = to + Duration::from_secs(1);
+        let inside: Vec<f64> = progress
+            .iter()
+            .filter(|(at, _)| *at > from && *at <= until)
+            .map(|(_, tps)| *tps)
+            .collect();
+        if inside.is_empty() {
+            progress.iter().find(|(at, _)| *at > to).map(|(_, tps)| *tps)
+        } else {
+            Some(mean(inside.iter().copied()))
+        }
+    }
+
+    /// Every report so far: the load's mean TPS over the whole run.
+    fn overall_tps(&self) -> Option<f64> {
+        let progress = self.progress.lock().ok()?;
+        (!progress.is_empty()).then(|| mean(progress.iter().map(|(_, t)| *t)))
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `progress: 5.0 s, 499.8 tps, lat 1.234 ms stddev 0.456, 0 failed, lag 0.123 ms` → 499.8.
+fn parse_progress(line: &str) -> Option<f64> {
+    line.strip_prefix("progress: ")?
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" tps"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One fork measurement.
+struct ForkRun {
+    strategy: Strategy,
+    fs: &'static str,
+    round: u32,
+    /// Wall time of `fork::create`.
+    seconds: f64,
+    timings: ForkTimings,
+    lsn: String,
+    /// Time the sandbox took to apply the backlog of its pause, after the call returned.
+    catch_up: f64,
+    /// When the call ran, for the load's TPS (read once the load's later reports are in).
+    window: (Instant, Instant),
+    tps: Option<f64>,
+    other_cpu: f64,
+}
+
+struct DumpRun {
+    round: u32,
+    run: BaselineRun,
+    window: (Instant, Instant),
+    tps: Option<f64>,
+}
+
+struct ScaleReport {
+    scale: u32,
+    database_bytes: i64,
+    accounts_rows: i64,
+    load_tps: Option<f64>,
+    forks: Vec<ForkRun>,
+    dumps: Vec<DumpRun>,
+    /// CPU other processes used during this data size's whole run.
+    other_cpu: Option<f64>,
+}
+
+async fn run_scale(args: &ForkArgs, lab: &mut Lab, rig: &mut Rig, scale: u32) -> Result<ScaleReport> {
+    let facts = lab.prepare_source(scale).await?;
+    eprintln!(
+        "source: pgbench scale {scale}, {} (pgbench_accounts {} rows)",
+        table::bytes(facts.database_bytes),
+        facts.accounts_rows()
+    );
+    lab.start_baseline_cluster().await?;
+
+    // Room for the sandbox, a full copy of it, its WAL and slack; the images are sparse.
+    let db = u64::try_from(facts.database_bytes).unwrap_or(0);
+    let image_bytes = (6 * GIB + 3 * db).div_ceil(GIB) * GIB;
+    for (fs, strategies) in [
+        (
+            "btrfs",
+            vec![Strategy::BtrfsSnapshot, Strategy::Template, Strategy::Copy],
+        ),
+        ("xfs", vec![Strategy::Reflink]),
+    ] {
+        eprintln!("making a {} GiB {fs} filesystem (loop mount) ...", image_bytes / GIB);
+        let mount = Mount::new(&lab.root, fs, image_bytes)?;
+        let state = mount.state();
+        rig.mounts.push(mount);
+        let name = SandboxName::parse(&format!("bench-{fs}"))?;
+        rig.targets.push(Target {
+            fs,
+            name: name.clone(),
+            state: state.clone(),
+            strategies,
+            meta: None,
+        });
+        eprintln!("creating sandbox {name} on {fs} ...");
+        let opts = CreateOptions {
+            name,
+            source: lab.source()?.replicator_conninfo(),
+            replicate: Replicate::Publication(lab::PUBLICATION.into()),
+            state_dir: state,
+            jobs: args.jobs as usize,
+            wal_budget_bytes: 64 << 30,
+            progress: false,
+        };
+        let say = |line: &str| eprintln!("    {line}");
+        let started = Instant::now();
+        let meta = sandbox::create(&opts, &say)
+            .await
+            .with_context(|| format!("creating the sandbox on {fs}"))?;
+        eprintln!("  sandbox ready in {}", secs(started.elapsed().as_secs_f64()));
+        {
+            let client = sandbox::cluster_of(&meta)?.connect(&meta.database).await?;
+            lab::check_counts(&client, &facts.counts, "the sandbox").await?;
+        }
+        if let Some(target) = rig.targets.last_mut() {
+            target.meta = Some(meta);
+        }
+    }
+
+    eprintln!(
+        "starting the load on the source: pgbench -n -c 2 -j 2 -R {} ...",
+        args.rate
+    );
+    let mut load = Load::start(lab, args.rate)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.check()?;
+
+    let mut forks = Vec::new();
+    let mut dumps = Vec::new();
+    for round in 0..args.repeat {
+        let mut steps: Vec<Option<Strategy>> = ORDER.iter().copied().map(Some).chain([None]).collect();
+        if round % 2 == 1 {
+            steps.reverse();
+        }
+        for step in steps {
+            settle(lab, rig).await?;
+            load.check()?;
+            match step {
+                Some(strategy) => {
+                    let run = fork_once(lab, rig, strategy, scale, round, &facts.counts).await?;
+                    eprintln!(
+                        "{}× round {}: {} fork ready in {} (pause {} ms, copy {} ms, start {} ms)",
+                        if scale == args.scale { 1 } else { args.scale_factor },
+                        round + 1,
+                        strategy.as_str(),
+                        secs(run.seconds),
+                        run.timings.pause_ms,
+                        run.timings.copy_ms,
+                        run.timings.start_ms
+                    );
+                    forks.push(run);
+                }
+                None => {
+                    eprintln!(
+                        "round {}: pg_dump -Fd -j{j} + pg_restore -j{j} (under load) ...",
+                        round + 1,
+                        j = args.jobs
+                    );
+                    let started = Instant::now();
+                    let run = sync::dump_restore(
+                        lab,
+                        args.jobs,
+                        &format!("{scale}_{round}"),
+                        &facts.counts,
+                        &["pgbench_history"],
+                    )
+                    .await?;
+                    let window = (started, Instant::now());
+                    eprintln!("  dump + restore {}", secs(run.total()));
+                    dumps.push(DumpRun {
+                        round,
+                        run,
+                        window,
+                        tps: None,
+                    });
+                }
+            }
+        }
+    }
+    // pgbench reports every second: the last measurement's report is in after one more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load.check()?;
+    for f in &mut forks {
+        f.tps = load.tps(f.window.0, f.window.1);
+    }
+    for d in &mut dumps {
+        d.tps = load.tps(d.window.0, d.window.1);
+    }
+    let load_tps = load.overall_tps();
+    load.stop().await;
+    Ok(ScaleReport {
+        scale,
+        database_bytes: facts.database_bytes,
+        accounts_rows: facts.accounts_rows(),
+        load_tps,
+        forks,
+        dumps,
+        other_cpu: None,
+    })
+}
+
+/// Before a measurement: dirty pages written back, and every sandbox caught up with the source.
+async fn settle(lab: &Lab, rig: &Rig) -> Result<()> {
+    let mut sync_cmd = tokio::process::Command::new("sync");
+    sync_cmd.kill_on_drop(true);
+    let status = sync_cmd.status().await.context("running sync")?;
+    if !status.success() {
+        bail!("sync failed ({status})");
+    }
+    for target in &rig.targets {
+        if let Some(meta) = &target.meta {
+            catch_up(lab, meta).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a heartbeat on the source and waits until the sandbox shows it; returns the seconds that took. The
+/// connection to the sandbox is closed afterwards (a template fork needs the sandbox's database to itself).
+async fn catch_up(lab: &Lab, meta: &SandboxMeta) -> Result<f64> {
+    let started = Instant::now();
+    let admin = lab.source()?.admin().await?;
+    let mark: f64 = admin
+        .query_one(
+            "UPDATE bench_heartbeat SET at = clock_timestamp() WHERE id = 1 \
+             RETURNING extract(epoch FROM at)::float8",
+            &[],
+        )
+        .await
+        .map_err(sql("writing a heartbeat on the source"))?
+        .try_get(0)?;
+    let sandbox_db = sandbox::cluster_of(meta)?.connect(&meta.database).await?;
+    loop {
+        let seen: f64 = sandbox_db
+            .query_one(
+                "SELECT extract(epoch FROM at)::float8 FROM bench_heartbeat WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(sql("reading the heartbeat on the sandbox"))?
+            .try_get(0)?;
+        if seen >= mark {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > CATCH_UP_TIMEOUT {
+            bail!(
+                "sandbox {} did not apply a heartbeat within {CATCH_UP_TIMEOUT:?} (it shows one {:.1} s older)",
+                meta.name,
+                mark - seen
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn fork_once(
+    lab: &Lab,
+    rig: &Rig,
+    strategy: Strategy,
+    scale: u32,
+    round: u32,
+    expected: &Counts,
+) -> Result<ForkRun> {
+    let target = rig.target(strategy)?;
+    let meta = target.meta.as_ref().context("the sandbox was not created")?;
+    let name = SandboxName::parse(&format!("f{scale}-{round}-{}", strategy.as_str()))?;
+    let opts = ForkOptions {
+        sandbox: target.name.clone(),
+        name: Some(name.clone()),
+        strategy: Some(strategy),
+        ttl: Duration::from_secs(3600),
+        owner_pid: None,
+    };
+    eprintln!(
+        "fork {name} of {} ({}, strategy {}) ...",
+        target.name,
+        target.fs,
+        strategy.as_str()
+    );
+    let say = |line: &str| eprintln!("    {line}");
+    let other_before = lab.noise.foreign_seconds();
+    let started = Instant::now();
+    let created = fork::create(&target.state, &opts, &say).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let ended = Instant::now();
+    let other_cpu = lab.noise.foreign_seconds() - other_before;
+    let fork_meta = created.with_context(|| format!("fork create ({})", strategy.as_str()))?;
+
+    // Not timed: the sandbox's backlog, then the fork itself.
+    let caught_up = catch_up(lab, meta).await?;
+    let checked = check_fork(&fork_meta.conninfo(meta), expected).await;
+    let deleted = fork::delete(&target.state, &name).await;
+    checked.with_context(|| format!("checking fork {name}"))?;
+    deleted.with_context(|| format!("deleting fork {name}"))?;
+    Ok(ForkRun {
+        strategy,
+        fs: target.fs,
+        round,
+        seconds,
+        lsn: fork_meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
+        timings: fork_meta.timings,
+        catch_up: caught_up,
+        window: (started, ended),
+        tps: None,
+        other_cpu,
+    })
+}
+
+/// The fork accepts writes and holds the source's unchanging rows (branches, tellers and the highest account).
+async fn check_fork(conninfo: &str, expected: &Counts) -> Result<()> {
+    let client = connect_plain(conninfo, "understudy-bench").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE bench_fork_probe (x int); INSERT INTO bench_fork_probe VALUES (1); \
+             DROP TABLE bench_fork_probe",
+        )
+        .await
+        .map_err(sql("writing to the fork"))?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgbench_branches), (SELECT count(*) FROM pgbench_tellers), \
+             (SELECT coalesce(max(aid), 0)::int8 FROM pgbench_accounts)",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the fork"))?;
+    let got: [i64; 3] = [row.try_get(0)?, row.try_get(1)?, row.try_get(2)?];
+    let want = |table: &str| expected.iter().find(|(t, _)| t == table).map(|(_, n)| *n).unwrap_or(-1);
+    let wanted = [
+        want("pgbench_branches"),
+        want("pgbench_tellers"),
+        want("pgbench_accounts"),
+    ];
+    if got != wanted {
+        bail!("branches, tellers, max(aid): expected {wanted:?}, found {got:?}");
+    }
+    Ok(())
+}
+
+fn ms(ms: u64) -> String {
+    secs(ms as f64 / 1000.0)
+}
+
+fn opt_tps(tps: Option<f64>) -> String {
+    tps.map_or_else(|| "?".to_string(), |t| format!("{t:.0}"))
+}
+
+fn yes_no(met: bool) -> String {
+    if met { "yes" } else { "**no**" }.to_string()
+}
+
+/// Copy-on-write strategies: the ones the ≤ 2 s and ≥ 8× targets are about.
+fn copy_on_write(strategy: Strategy) -> bool {
+    matches!(strategy, Strategy::BtrfsSnapshot | Strategy::Reflink)
+}
+
+impl ScaleReport {
+    fn label(&self) -> String {
+        format!(
+            "scale {} ({}, {} accounts)",
+            self.scale,
+            table::bytes(self.database_bytes),
+            self.accounts_rows
+        )
+    }
+
+    fn of(&self, strategy: Strategy) -> impl Iterator<Item = &ForkRun> {
+        self.forks.iter().filter(move |f| f.strategy == strategy)
+    }
+
+    fn mean_fork(&self, strategy: Strategy) -> f64 {
+        mean(self.of(strategy).map(|f| f.seconds))
+    }
+
+    fn max_fork(&self, strategy: Strategy) -> f64 {
+        self.of(strategy).map(|f| f.seconds).fold(0.0, f64::max)
+    }
+
+    fn mean_pause(&self, strategy: Strategy) -> f64 {
+        mean(self.of(strategy).map(|f| f.timings.pause_ms as f64 / 1000.0))
+    }
+
+    fn mean_dump(&self) -> f64 {
+        mean(self.dumps.iter().map(|d| d.run.total()))
+    }
+
+    fn runs_table(&self) -> Table {
+        let mut t = Table::new(
+            &format!("Forks, {}: every run", self.label()),
+            &[
+                "strategy (filesystem)",
+                "round",
+                "fork ready",
+                "↳ before the pause",
+                "↳ apply pause",
+                "↳ capture slot",
+                "↳ copy",
+                "↳ start + detach",
+                "fork point",
+                "sandbox caught up after",
+                "source tps",
+                "other CPU",
+            ],
+        );
+        for f in &self.forks {
+            t.row([
+                format!("{} ({})", f.strategy.as_str(), f.fs),
+                (f.round + 1).to_string(),
+                secs(f.seconds),
+                ms(f.timings
+                    .total_ms
+                    .saturating_sub(f.timings.pause_ms + f.timings.start_ms)),
+                ms(f.timings.pause_ms),
+                ms(f.timings.capture_slot_ms),
+                ms(f.timings.copy_ms),
+                ms(f.timings.start_ms),
+                f.lsn.clone(),
+                secs(f.catch_up),
+                opt_tps(f.tps),
+                format!("{:.1} s", f.other_cpu),
+            ]);
+        }
+        t
+    }
+
+    fn dump_table(&self, jobs: u32) -> Table {
+        let mut t = Table::new(
+            &format!(
+                "pg_dump -Fd -j{jobs} + pg_restore -j{jobs} under the same load, {}",
+                self.label()
+            ),
+            &[
+                "round",
+                "pg_dump",
+                "pg_restore",
+                "dump + restore",
+                "source tps",
+                "other CPU",
+            ],
+        );
+        for d in &self.dumps {
+            t.row([
+                (d.round + 1).to_string(),
+                secs(d.run.dump),
+                secs(d.run.restore),
+                secs(d.run.total()),
+                opt_tps(d.tps),
+                format!("{:.1} s", d.run.other_cpu),
+            ]);
+        }
+        t
+    }
+
+    fn strategy_table(&self, jobs: u32) -> Table {
+        let n = self.dumps.len();
+        let mut t = Table::new(
+            &format!("Per strategy, {}: means of {n} run(s)", self.label()),
+            &[
+                "strategy (filesystem)",
+                "fork ready (min–max)",
+                "apply pause",
+                "copy",
+                "start + detach",
+                &format!("dump + restore (-j{jobs})"),
+                "dump+restore / fork",
+                "≤ 2 s (every run)",
+                "≥ 8×",
+            ],
+        );
+        let dump = self.mean_dump();
+        for strategy in ORDER {
+            let runs: Vec<&ForkRun> = self.of(strategy).collect();
+            let Some(first) = runs.first() else { continue };
+            let fork = self.mean_fork(strategy);
+            let min = runs.iter().map(|f| f.seconds).fold(f64::INFINITY, f64::min);
+            let ratio = dump / fork;
+            let cow = copy_on_write(strategy);
+            t.row([
+                format!("{} ({})", strategy.as_str(), first.fs),
+                format!("{} ({:.2}–{:.2})", secs(fork), min, self.max_fork(strategy)),
+                secs(self.mean_pause(strategy)),
+                secs(mean(runs.iter().map(|f| f.timings.copy_ms as f64 / 1000.0))),
+                secs(mean(runs.iter().map(|f| f.timings.start_ms as f64 / 1000.0))),
+                secs(dump),
+                format!("**{ratio:.1}×**"),
+                if cow {
+                    yes_no(self.max_fork(strategy) <= 2.0)
+                } else {
+                    "(not a target)".to_string()
+                },
+                if cow {
+                    yes_no(ratio >= 8.0)
+                } else {
+                    "(not a target)".to_string()
+                },
+            ]);
+        }
+        t.row([
+            "source load during the forks (mean pgbench tps)".to_string(),
+            opt_tps(self.load_tps),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+        if let Some(other) = self.other_cpu {
+            t.row([
+                "CPU used by other processes during this data size".to_string(),
+                format!("{other:.1} s"),
+            ]);
+        }
+        t
+    }
+}
+
+fn flatness_table(reports: &[ScaleReport], jobs: u32) -> Table {
+    let (first, last) = match (reports.first(), reports.last()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Table::new("Fork time against data size", &["-"]),
+    };
+    let factor = f64::from(last.scale) / f64::from(first.scale);
+    let mut t = Table::new(
+        &format!(
+            "Fork time against data size: scale {} → {} ({factor:.0}× the data)",
+            first.scale, last.scale
+        ),
+        &[
+            "method",
+            &format!("{}×: ready", 1),
+            &format!("{factor:.0}×: ready"),
+            "growth",
+            &format!("flat (growth ≤ {FLAT})"),
+            "1×: apply pause",
+            &format!("{factor:.0}×: apply pause"),
+            &format!("{factor:.0}×: dump+restore / fork"),
+        ],
+    );
+    for strategy in ORDER {
+        if first.of(strategy).next().is_none() || last.of(strategy).next().is_none() {
+            continue;
+        }
+        let (a, b) = (first.mean_fork(strategy), last.mean_fork(strategy));
+        t.row([
+            strategy.as_str().to_string(),
+            secs(a),
+            secs(b),
+            format!("{:.2}×", b / a),
+            yes_no(b / a <= FLAT),
+            secs(first.mean_pause(strategy)),
+            secs(last.mean_pause(strategy)),
+            format!("{:.1}×", last.mean_dump() / b),
+        ]);
+    }
+    let (a, b) = (first.mean_dump(), last.mean_dump());
+    t.row([
+        format!("pg_dump -Fd -j{jobs} + pg_restore -j{jobs}"),
+        secs(a),
+        secs(b),
+        format!("{:.2}×", b / a),
+        yes_no(b / a <= FLAT),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    t
+}
+
+fn summary_table(reports: &[ScaleReport], jobs: u32) -> Table {
+    let mut t = Table::new("Summary", &["measure", "this run", "target", "met"]);
+    for report in reports {
+        for strategy in ORDER.into_iter().filter(|s| copy_on_write(*s)) {
+            if report.of(strategy).next().is_none() {
+                continue;
+            }
+            let fork = report.mean_fork(strategy);
+            let max = report.max_fork(strategy);
+            t.row([
+                format!(
+                    "{} fork ready, scale {}: mean (slowest run)",
+                    strategy.as_str(),
+                    report.scale
+                ),
+                format!("{} ({})", secs(fork), secs(max)),
+                "≤ 2 s".to_string(),
+                yes_no(max <= 2.0),
+            ]);
+            let ratio = report.mean_dump() / fork;
+            t.row([
+                format!(
+                    "{}: (pg_dump -j{jobs} + pg_restore -j{jobs}) / fork, scale {}",
+                    strategy.as_str(),
+                    report.scale
+                ),
+                format!("{ratio:.1}× ({} / {})", secs(report.mean_dump()), secs(fork)),
+                "≥ 8×".to_string(),
+                yes_no(ratio >= 8.0),
+            ]);
+        }
+    }
+    if let (Some(first), Some(last)) = (reports.first(), reports.last())
+        && reports.len() > 1
+    {
+        for strategy in ORDER.into_iter().filter(|s| copy_on_write(*s)) {
+            if first.of(strategy).next().is_none() || last.of(strategy).next().is_none() {
+                continue;
+            }
+            let growth = last.mean_fork(strategy) / first.mean_fork(strategy);
+            t.row([
+                format!(
+                    "{} fork ready, scale {} → {}",
+                    strategy.as_str(),
+                    first.scale,
+                    last.scale
+                ),
+                format!("{growth:.2}×"),
+                format!("flat (≤ {FLAT}×)"),
+                yes_no(growth <= FLAT),
+            ]);
+        }
+    }
+    for report in reports {
+        let pauses: Vec<String> = ORDER
+            .iter()
+            .filter(|s| report.of(**s).next().is_some())
+            .map(|s| format!("{} {}", s.as_str(), secs(report.mean_pause(*s))))
+            .collect();
+        t.row([
+            format!("sandbox apply pause (mean), scale {}", report.scale),
+            pauses.join(", "),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pgbench_progress() {
+        assert_eq!(
+            parse_progress("progress: 5.0 s, 499.8 tps, lat 1.234 ms stddev 0.456, 0 failed, lag 0.123 ms"),
+            Some(499.8)
+        );
+        assert_eq!(
+            parse_progress("progress: 1.0 s, 0.0 tps, lat 0.000 ms stddev 0.000, lag 0.000 ms"),
+            Some(0.0)
+        );
+        assert_eq!(parse_progress("starting vacuum...end."), None);
+    }
+}
