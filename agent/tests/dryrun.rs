@@ -187,6 +187,8 @@ async fn create_index_blocks_writes_and_concurrently_does_not() {
     );
     assert!(report.writes.latency.during.max_ms > report.writes.latency.before.p50_ms);
     assert_ne!(report.verdict.result, Verdict::Pass, "{:?}", report.verdict.reasons);
+    // Every blocked write, also those that queued behind the blocked workers, belongs to the one statement.
+    assert_eq!(stmt.blocked_writes, report.writes.blocked);
     // squawk's rule hit carries the measured evidence.
     let lint = report
         .findings

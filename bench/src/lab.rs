@@ -175,10 +175,13 @@ impl Lab {
         Ok(())
     }
 
-    /// A fresh state directory for the sandbox of `round`, recorded for clean-up before anything is created.
-    pub fn sandbox_state(&mut self, round: u32) -> StateDir {
-        let state = StateDir::at(self.root.join(format!("s{round}")));
-        self.sandboxes.push(state.clone());
+    /// The state directory of the sync benchmark's sandboxes: one for all of them, as a user's is (what the
+    /// library caches there is warm after the first create). Recorded for clean-up before anything is created.
+    pub fn sandbox_state(&mut self) -> StateDir {
+        let state = StateDir::at(self.root.join("state"));
+        if !self.sandboxes.iter().any(|s| s.root() == state.root()) {
+            self.sandboxes.push(state.clone());
+        }
         state
     }
 
@@ -188,7 +191,6 @@ impl Lab {
         sandbox::delete(state, &name, None, false)
             .await
             .with_context(|| format!("deleting the sandbox in {}", state.root().display()))?;
-        self.sandboxes.retain(|s| s.root() != state.root());
         Ok(())
     }
 

@@ -22,17 +22,21 @@
 //! every round (S B, B S, S B, ...) so that neither method always runs first:
 //!
 //! - **S**: the wall-clock time of one call of [`understudy::sandbox::create`] (what `understudy sandbox create`
-//!   runs): preflight, `initdb` and start of the sandbox cluster, schema, slot with exported snapshot, parallel
+//!   runs): preflight, creation and start of the sandbox cluster, schema, slot with exported snapshot, parallel
 //!   `COPY` with `--jobs` workers, indexes and constraints, sequences, subscription. The phase timings the
-//!   library records are printed beside it.
+//!   library records are printed beside it. All sandboxes use one state directory, as a user's do.
 //! - **B**, the manual baseline: `pg_dump -Fd -j<jobs>` of the same database (same role, same TCP connection as
 //!   the sandbox uses) into a directory, then `pg_restore -j<jobs> --exit-on-error --no-owner --no-privileges`
 //!   into a fresh database on another embedded cluster that is already running, configured like a sandbox
 //!   cluster ([`understudy::sandbox::sandbox_cluster_config`]). Its time is dump + restore; the cluster's
 //!   `initdb`/start and the `CREATE DATABASE` are not counted (the sandbox's are).
 //!
+//! A warm-up round (one S, one B) comes first and is printed apart, not in the means: it is the first create in
+//! the state directory, which fills what the library caches there (the `initdb` template), so the measured
+//! creates are those of a user's second and later sandboxes; the warm-up row shows what the first one costs.
+//!
 //! After every run the row counts of all five tables on the copy are checked against the source (not timed).
-//! The ratio reported is S / B per round and mean(S) / mean(B); the target is ≤ 0.8.
+//! The ratio reported is S / B per round and mean(S) / mean(B) over the measured rounds; the target is ≤ 0.8.
 //!
 //! # 2. Apply lag
 //!
@@ -60,6 +64,7 @@
 //! [`understudy::sandbox::delete`] (which also drops their slots on the source), the baseline and source clusters
 //! destroyed, the working directory removed.
 
+mod dryrun;
 mod fork;
 mod lab;
 mod lag;
@@ -94,6 +99,26 @@ enum Command {
     /// Fork-ready time per strategy (btrfs snapshot, reflink, template, copy) under pgbench load, against
     /// pg_dump + pg_restore, at 1× and 4× the data (needs root: loop-mounts btrfs and xfs).
     Fork(ForkArgs),
+    /// One dry-run's replay throughput, lock-wait resolution and time to a verdict (against dump + restore +
+    /// psql), under pgbench load on a pgbench source followed by a sandbox.
+    Dryrun(DryRunArgs),
+}
+
+/// Options of `understudy-bench dryrun` (method: the doc comment of `bench/src/dryrun.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct DryRunArgs {
+    /// pgbench scale factor of the source (100,000 pgbench_accounts rows each).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scale: u32,
+    /// pgbench -R (transactions per second) of the load on the source during every measurement.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Parallel jobs of the sandbox's initial copy and of pg_dump -j / pg_restore -j.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Working directory (must not exist); default /tmp/understudy-bench-dryrun-<pid>.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Options of `understudy-bench fork` (method: the doc comment of `bench/src/fork.rs`).
@@ -165,6 +190,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Sync(args) => sync_command(args).await,
             Command::Fork(args) => fork::command(args).await,
+            Command::Dryrun(args) => dryrun::command(args).await,
         }
     });
     match result {

@@ -44,25 +44,39 @@ pub struct Round {
 }
 
 pub struct SyncReport {
+    /// The first sandbox create in the state directory and a first dump + restore (not in the means).
+    pub warmup: Round,
     pub rounds: Vec<Round>,
     /// The sandbox of the last sandbox run, left running for the lag measurement.
     pub kept: SandboxMeta,
 }
 
-/// Runs `args.repeat` rounds; round r runs the sandbox first when r is even, the baseline first when it is odd.
+/// Runs a warm-up round, then `args.repeat` rounds; round r runs the sandbox first when r is even, the baseline
+/// first when it is odd.
+///
+/// All sandboxes live in one state directory, as a user's sandboxes do, so the warm-up's create is the first one
+/// there: it fills what the library caches in the state directory (the `initdb` template), and the measured
+/// creates find it, as every create after a user's first does. The warm-up is reported apart, not in the means.
 pub async fn measure(lab: &mut Lab, args: &SyncArgs, expected: &Counts) -> Result<SyncReport> {
-    let mut rounds = Vec::new();
     let mut kept = None;
+    let warmup = Round {
+        sandbox_first: true,
+        sandbox: sandbox_run(lab, args, "warm-up", expected, false, &mut kept).await?,
+        baseline: baseline_run(lab, args, "warm-up", "warmup", expected).await?,
+    };
+    let mut rounds = Vec::new();
     for round in 0..args.repeat {
         let sandbox_first = round % 2 == 0;
         let last = round + 1 == args.repeat;
+        let label = format!("round {}", round + 1);
+        let tag = round.to_string();
         let (sandbox, baseline) = if sandbox_first {
-            let s = sandbox_run(lab, args, round, expected, last, &mut kept).await?;
-            let b = baseline_run(lab, args, round, expected).await?;
+            let s = sandbox_run(lab, args, &label, expected, last, &mut kept).await?;
+            let b = baseline_run(lab, args, &label, &tag, expected).await?;
             (s, b)
         } else {
-            let b = baseline_run(lab, args, round, expected).await?;
-            let s = sandbox_run(lab, args, round, expected, last, &mut kept).await?;
+            let b = baseline_run(lab, args, &label, &tag, expected).await?;
+            let s = sandbox_run(lab, args, &label, expected, last, &mut kept).await?;
             (s, b)
         };
         eprintln!(
@@ -79,6 +93,7 @@ pub async fn measure(lab: &mut Lab, args: &SyncArgs, expected: &Counts) -> Resul
         });
     }
     Ok(SyncReport {
+        warmup,
         rounds,
         kept: kept.context("no sandbox was kept for the lag measurement")?,
     })
@@ -87,12 +102,12 @@ pub async fn measure(lab: &mut Lab, args: &SyncArgs, expected: &Counts) -> Resul
 async fn sandbox_run(
     lab: &mut Lab,
     args: &SyncArgs,
-    round: u32,
+    label: &str,
     expected: &Counts,
     keep: bool,
     kept: &mut Option<SandboxMeta>,
 ) -> Result<SandboxRun> {
-    let state = lab.sandbox_state(round);
+    let state = lab.sandbox_state();
     let opts = CreateOptions {
         name: SandboxName::parse(lab::SANDBOX)?,
         source: lab.source()?.replicator_conninfo(),
@@ -102,7 +117,7 @@ async fn sandbox_run(
         wal_budget_bytes: 8 << 30,
         progress: false,
     };
-    eprintln!("round {}: sandbox create (jobs {}) ...", round + 1, args.jobs);
+    eprintln!("{label}: sandbox create (jobs {}) ...", args.jobs);
     let say = |line: &str| eprintln!("    {line}");
     let other_before = lab.noise.foreign_seconds();
     let started = Instant::now();
@@ -125,13 +140,15 @@ async fn sandbox_run(
     Ok(run)
 }
 
-async fn baseline_run(lab: &mut Lab, args: &SyncArgs, round: u32, expected: &Counts) -> Result<BaselineRun> {
-    eprintln!(
-        "round {}: pg_dump -Fd -j{j} + pg_restore -j{j} ...",
-        round + 1,
-        j = args.jobs
-    );
-    dump_restore(lab, args.jobs, &round.to_string(), expected, &[]).await
+async fn baseline_run(
+    lab: &mut Lab,
+    args: &SyncArgs,
+    label: &str,
+    tag: &str,
+    expected: &Counts,
+) -> Result<BaselineRun> {
+    eprintln!("{label}: pg_dump -Fd -j{j} + pg_restore -j{j} ...", j = args.jobs);
+    dump_restore(lab, args.jobs, tag, expected, &[]).await
 }
 
 /// `pg_dump -Fd -j<jobs>` of the source (as the replication role, over TCP) into a directory, then `pg_restore
@@ -235,12 +252,19 @@ impl SyncReport {
                 "other CPU: S / B",
             ],
         );
-        for (i, round) in self.rounds.iter().enumerate() {
+        let warmup = std::iter::once((
+            "warm-up: first create in the state dir, not in the mean".to_string(),
+            &self.warmup,
+        ));
+        let measured = self.rounds.iter().enumerate().map(|(i, round)| {
             let order = if round.sandbox_first {
                 "sandbox first"
             } else {
                 "baseline first"
             };
+            (format!("{} ({order})", i + 1), round)
+        });
+        for (label, round) in warmup.chain(measured) {
             let s = &round.sandbox;
             let (schema, copy, indexes, other) = match &s.phases {
                 Some(p) => (
@@ -252,7 +276,7 @@ impl SyncReport {
                 None => Default::default(),
             };
             table.row([
-                format!("{} ({order})", i + 1),
+                label,
                 secs(s.seconds),
                 schema,
                 copy,

@@ -470,7 +470,7 @@ async fn measure(
                 s.outcome
                     .started_at
                     .zip(s.outcome.ended_at)
-                    .is_some_and(|(a, b)| r.start <= b && r.end >= a)
+                    .is_some_and(|(a, b)| r.queued <= b && r.end >= a)
             }) {
                 s.blocked_writes += 1;
             }
