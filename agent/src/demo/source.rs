@@ -38,7 +38,14 @@ impl SourceServer {
         let hba_path = cluster.data_dir().join("pg_hba.conf");
         std::fs::write(&hba_path, hba).map_err(|e| PgError::io("writing pg_hba.conf", e))?;
         cluster.start().await?;
-        let admin = cluster.connect("postgres").await?;
+        // From here the server runs: owning it in the struct means its Drop stops it if a step below fails.
+        let server = SourceServer {
+            cluster,
+            database: database.to_string(),
+            root: root.to_path_buf(),
+            keep: false,
+        };
+        let admin = server.cluster.connect("postgres").await?;
         admin
             .batch_execute(&format!("CREATE DATABASE {}", quote_ident(database)))
             .await
@@ -51,12 +58,7 @@ impl SourceServer {
             ))
             .await
             .map_err(PgError::sql("creating the replication role"))?;
-        Ok(SourceServer {
-            cluster,
-            database: database.to_string(),
-            root: root.to_path_buf(),
-            keep: false,
-        })
+        Ok(server)
     }
 
     /// A superuser connection to the source database (the "application" and the DBA).

@@ -167,7 +167,9 @@ async fn build(
     let archive = schema::dump(bins, &opts.source, &exclude, &leaving, &work).await?;
     schema::restore(bins, &archive, &target, Section::PreData, 1).await?;
     let schema_seconds = started.elapsed().as_secs_f64();
-    say(&format!("schema restored (pre-data) in {schema_seconds:.1}s"));
+    say(&format!(
+        "sandbox cluster started and schema restored (pre-data) in {schema_seconds:.1}s"
+    ));
 
     // The slot: recorded as ours before it exists (the metadata already names it), created with an exported
     // snapshot that every copy worker imports.
