@@ -375,19 +375,14 @@ fn check_forced(strategy: Strategy, sandbox_data: &Path, forks: &Path) -> Result
     }
 }
 
+/// A fork's server: the sandbox's settings in its own directory, and never a logical replication worker (its
+/// copied subscription points at the source).
 fn fork_cluster_config(dir: &Path) -> ClusterConfig {
-    ClusterConfig {
-        data_dir: dir.join("pgdata"),
-        socket_dir: dir.join("run"),
-        port: 5432,
-        listen_addresses: String::new(),
-        settings: vec![
-            // The fork must never run a logical replication worker: its copied subscription points at the source.
-            ("max_logical_replication_workers".into(), "0".into()),
-            ("max_wal_size".into(), "4GB".into()),
-            ("wal_level".into(), "logical".into()),
-        ],
-    }
+    let mut config = crate::sandbox::sandbox_cluster_config(dir);
+    config
+        .settings
+        .push(("max_logical_replication_workers".into(), "0".into()));
+    config
 }
 
 async fn build(

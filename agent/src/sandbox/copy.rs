@@ -15,14 +15,10 @@ use crate::pg::{ConnInfo, PgError, QualifiedName, quote_ident, quote_literal};
 use crate::progress::Progress;
 use crate::source::PublishedTable;
 
-/// Tables larger than the chunk size are split into block ranges of about that size.
+/// Tables larger than the chunk size given to [`plan`] are split into block ranges of about that size (loaded with
+/// WAL); [`WHOLE_TABLES`] keeps every table in one chunk (loaded without WAL under `wal_level = minimal`).
 pub const MAX_CHUNK_BYTES: i64 = 64 * 1024 * 1024;
-pub const MIN_CHUNK_BYTES: i64 = 8 * 1024 * 1024;
-
-/// A chunk size that gives each worker about four chunks, so that the workers finish together.
-pub fn chunk_bytes(total_bytes: i64, jobs: usize) -> i64 {
-    (total_bytes / (jobs.max(1) as i64 * 4)).clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
-}
+pub const WHOLE_TABLES: i64 = i64::MAX;
 const BLOCK_SIZE: i64 = 8192;
 
 /// One unit of copy work.

@@ -186,8 +186,7 @@ async fn build(
     let total_bytes: i64 = tables.iter().map(|t| t.bytes).sum();
     // Whole tables (no block ranges): each is then loaded without WAL; splitting the largest table showed no
     // gain on two cores (docs/benchmarks.md), while skipping WAL does.
-    let _ = copy::chunk_bytes(total_bytes, opts.jobs);
-    let chunks = copy::plan(&tables, &text_only, i64::MAX);
+    let chunks = copy::plan(&tables, &text_only, copy::WHOLE_TABLES);
     let progress = Progress::start(
         "initial copy",
         chunks.len() as u64,

@@ -30,12 +30,15 @@ pub struct TableSync {
 }
 
 /// The source's side of the sandbox: our slot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Serialize)]
 pub struct SourceSide {
     pub reachable: bool,
     pub slot: Option<objects::SlotInfo>,
     /// Seconds the subscriber's confirmation trails the source (`pg_stat_replication.replay_lag`), when known.
     pub lag_seconds: Option<f64>,
+    /// The connection, reused for the drift check.
+    #[serde(skip)]
+    pub client: tokio_postgres::Client,
 }
 
 /// Everything `status` prints.
@@ -162,9 +165,8 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
                 None => {}
             }
             out.lag_seconds = side.lag_seconds;
-            if let (Some(client), Ok(source)) = (&sandbox_client, crate::sandbox::state::load_source(&dir))
-                && let Ok(src) = connect_source(&source, "understudy-status").await
-                && let Ok(diff) = follow::diff(&src, client, &meta.publication).await
+            if let Some(client) = &sandbox_client
+                && let Ok(diff) = follow::diff(&side.client, client, &meta.publication).await
             {
                 for change in diff.iter().filter(|c| !meta.pending_drift.contains(&c.describe())) {
                     out.drift.push(change.describe());
@@ -254,5 +256,6 @@ async fn read_source(dir: &std::path::Path, meta: &SandboxMeta) -> Result<Source
         reachable: true,
         slot,
         lag_seconds,
+        client,
     })
 }
