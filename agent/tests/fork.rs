@@ -452,3 +452,48 @@ async fn an_interrupted_fork_create_is_cleaned_by_the_next_command_and_ttl_expir
     assert_eq!(capture_slots(&meta).await, 0);
     sandbox::delete(&state, &meta.name, None, false).await.expect("delete");
 }
+
+/// Managed services name the application's database `postgres`: the sandbox loads it into its own `postgres`
+/// database, follows it, forks it with the template strategy (which needs that database free of Understudy's own
+/// sessions) and with a physical copy, and is deleted leaving nothing on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_database_named_postgres() {
+    let root = TempRoot::new("fpg");
+    let state = root.state();
+    let source = SourceServer::start(&root.path().join("source"), "postgres", &[])
+        .await
+        .expect("start source");
+    source.load_sample(5_000, "shop_pub").await.expect("load sample");
+    let mut opts = create_options(&root, &source, "prod", Replicate::Publication("shop_pub".into()));
+    opts.state_dir = state.clone();
+    let meta = sandbox::create(&opts, &quiet)
+        .await
+        .expect("create a sandbox of a database named postgres");
+    assert_eq!(meta.database, "postgres");
+    let writer = Writer::start(source.admin().await.expect("writer"), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The follower takes the pause lock in the same database as a fork does.
+    let report = understudy::sandbox::follow::follow_once(&state, &meta.name)
+        .await
+        .expect("follow");
+    assert!(report.error.is_none(), "{:?}", report.error);
+    for (name, strategy) in [("t1", Strategy::Template), ("c1", Strategy::Copy)] {
+        let f = fork::create(&state, &fork_options("prod", name, Some(strategy)), &quiet)
+            .await
+            .unwrap_or_else(|e| panic!("{} fork of a database named postgres: {e}", strategy.as_str()));
+        let db = connect_plain(&f.conninfo(&meta), "test").await.expect("fork");
+        let orders: i64 = db
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .expect("orders")
+            .get(0);
+        assert!(orders >= 5_000, "{orders}");
+        drop(db);
+        fork::delete(&state, &f.name).await.expect("delete fork");
+    }
+    writer.stop().await.expect("writer");
+    wait_caught_up(&source, &meta).await;
+    assert_parity(&source, &meta, &sample_tables()).await;
+    sandbox::delete(&state, &meta.name, None, false).await.expect("delete");
+    assert_eq!(our_objects(&source).await, (vec![], vec![]));
+}

@@ -25,7 +25,6 @@
 //! clusters, the working directory.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,12 +37,13 @@ use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
 use understudy::source::{Replicate, SandboxName};
 
 use crate::DryRunArgs;
-use crate::lab::{self, DATABASE, Lab, Machine};
+use crate::lab::{self, Lab, Machine};
+use crate::load::Load;
 use crate::pgtool::{self, sql};
 use crate::table::{self, Table, secs};
 
 const POLLER_SECONDS: f64 = 10.0;
-const FORKS: [&str; 3] = ["bench-noop", "bench-index", "bench-verify"];
+pub const FORKS: [&str; 3] = ["bench-noop", "bench-index", "bench-verify"];
 const NOOP_SQL: &str = "SELECT 1;\n";
 const INDEX_SQL: &str = "CREATE INDEX bench_accounts_abalance ON pgbench_accounts (abalance);\n";
 const UP_SQL: &str = "ALTER TABLE pgbench_accounts ADD COLUMN note text;\n";
@@ -128,7 +128,60 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
     setup.row(["sandbox create", &secs(started.elapsed().as_secs_f64())]);
     setup.row(["fork strategy", "the library's default (fastest available)"]);
     print!("{}", setup.render());
+    let figures = measure(lab, &state, &meta, &Settings::from(args), facts.accounts_rows()).await?;
+    for t in &figures.tables {
+        print!("{}", t.render());
+    }
+    Ok(())
+}
 
+/// What [`measure`] needs besides the lab and the sandbox.
+pub struct Settings {
+    /// pgbench -R of the load on the source.
+    pub rate: u32,
+    /// pg_dump -j / pg_restore -j of the manual workflow.
+    pub jobs: u32,
+    /// Warm-up and after windows of the throughput and lock dry-runs (the verdict dry-run uses 2 s, or this when
+    /// shorter).
+    pub window: Duration,
+}
+
+impl From<&DryRunArgs> for Settings {
+    fn from(args: &DryRunArgs) -> Self {
+        Settings {
+            rate: args.rate,
+            jobs: args.jobs,
+            window: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The key figures of [`measure`], with its printed tables.
+pub struct Figures {
+    pub tables: Vec<Table>,
+    /// Replayed transactions per second on the fork / the source's rate in the same window.
+    pub replay_ratio: Option<f64>,
+    pub replay_per_second: f64,
+    pub source_tps: Option<f64>,
+    /// The index build's ShareLock hold as Understudy measured it, and the lock sampler's interval.
+    pub lock_hold_ms: Option<f64>,
+    pub sample_interval_ms: f64,
+    /// Wall time of the full dry-run with verification, and of the scripted manual workflow.
+    pub verdict_seconds: f64,
+    pub manual_seconds: f64,
+}
+
+/// The three dry-run measurements on `meta` (a sandbox in `state` following the lab's source), under a load it
+/// starts and stops itself. Forks it makes are removed by the library; after an error the caller removes what
+/// is left ([`FORKS`]).
+pub async fn measure(
+    lab: &Lab,
+    state: &StateDir,
+    meta: &SandboxMeta,
+    settings: &Settings,
+    accounts: i64,
+) -> Result<Figures> {
+    let mut tables = Vec::new();
     let files = lab.root.join("migrations");
     std::fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
     let write = |name: &str, text: &str| -> Result<PathBuf> {
@@ -144,37 +197,35 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
 
     eprintln!(
         "starting the load on the source: pgbench -n -c 2 -j 2 -R {} ...",
-        args.rate
+        settings.rate
     );
-    let mut load = Load::start(lab, args.rate)?;
+    let mut load = Load::start(lab, settings.rate)?;
     let counter = Counter::start(lab).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     load.check()?;
 
     // 1. Replay throughput.
-    eprintln!("1. dry-run of a no-op migration (no verification, warm-up 5 s, after 5 s) ...");
+    let window = settings.window;
+    eprintln!("1. dry-run of a no-op migration (no verification, warm-up and after {window:?}) ...");
     let other = lab.noise.foreign_seconds();
-    let (noop_report, noop_wall, replay_started) = dry_run(
-        &state,
-        options(&meta, noop, None, false, FORKS[0], Duration::from_secs(5))?,
-    )
-    .await?;
+    let (noop_report, noop_wall, replay_started) =
+        dry_run(state, options(meta, noop, None, false, FORKS[0], window)?).await?;
     let noop_other = lab.noise.foreign_seconds() - other;
     load.check()?;
     let w = &noop_report.windows;
-    let window = Duration::from_secs_f64((w.warmup_ms + w.migration_ms + w.after_ms) / 1000.0);
-    let source_tps = replay_started.and_then(|from| counter.rate(from, from + window));
+    let replay_window = Duration::from_secs_f64((w.warmup_ms + w.migration_ms + w.after_ms) / 1000.0);
+    let source_tps = replay_started.and_then(|from| counter.rate(from, from + replay_window));
     let writes = &noop_report.writes;
     let mut t1 = Table::new(
         &format!(
             "1. Replay throughput vs the source's write rate (no-op migration, pgbench -c 2 -j 2 -R {})",
-            args.rate
+            settings.rate
         ),
         &["measure", "value"],
     );
     t1.row([
         "replay window (warm-up + migration + after)",
-        &secs(window.as_secs_f64()),
+        &secs(replay_window.as_secs_f64()),
     ]);
     t1.row(["writes.replayed (transactions)", &writes.replayed.to_string()]);
     t1.row(["writes.per_second", &format!("{:.1}", writes.per_second)]);
@@ -203,53 +254,43 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
         format!("{:?}, {}", noop_report.verdict.result, secs(noop_wall)),
     ]);
     t1.row(["CPU used by other processes meanwhile", &format!("{noop_other:.1} s")]);
-    print!("{}", t1.render());
+    tables.push(t1);
 
     // 2. Lock-wait detection resolution.
     eprintln!("2. dry-run of CREATE INDEX (non-concurrent) on pgbench_accounts (no verification) ...");
     let other = lab.noise.foreign_seconds();
-    let (index_report, index_wall, _) = dry_run(
-        &state,
-        options(&meta, index, None, false, FORKS[1], Duration::from_secs(5))?,
-    )
-    .await?;
+    let (index_report, index_wall, _) = dry_run(state, options(meta, index, None, false, FORKS[1], window)?).await?;
     let index_other = lab.noise.foreign_seconds() - other;
     load.check()?;
-    print!("{}", lock_table(&index_report, index_wall, index_other).render());
+    tables.push(lock_table(&index_report, index_wall, index_other));
 
     // 3. Migration file to verdict.
-    eprintln!("3a. full dry-run with verification (warm-up 2 s, after 2 s) ...");
+    let short = window.min(Duration::from_secs(2));
+    eprintln!("3a. full dry-run with verification (warm-up and after {short:?}) ...");
     let other = lab.noise.foreign_seconds();
     let (verify_report, verify_wall, _) = dry_run(
-        &state,
-        options(
-            &meta,
-            up.clone(),
-            Some(down.clone()),
-            true,
-            FORKS[2],
-            Duration::from_secs(2),
-        )?,
+        state,
+        options(meta, up.clone(), Some(down.clone()), true, FORKS[2], short)?,
     )
     .await?;
     let verify_other = lab.noise.foreign_seconds() - other;
     load.check()?;
     eprintln!("3b. manual workflow: pg_dump + pg_restore + psql up / check / down ...");
     let other = lab.noise.foreign_seconds();
-    let manual = manual_workflow(lab, args.jobs, &up, &check, &down, facts.accounts_rows()).await?;
+    let manual = manual_workflow(lab, settings.jobs, &up, &check, &down, accounts).await?;
     let manual_other = lab.noise.foreign_seconds() - other;
     load.check()?;
     let mut t3 = Table::new(
         &format!(
             "3. Migration file to verdict: dry-run with verification vs manual pg_dump -j{j} + pg_restore -j{j} + psql",
-            j = args.jobs
+            j = settings.jobs
         ),
         &["step", "wall time", "other CPU"],
     );
     t3.row([
         format!(
-            "(a) understudy dry-run, verify on, --down, warm-up 2 s, after 2 s (verdict {:?}; fork ready {} ms, \
-             migration {:.0} ms)",
+            "(a) understudy dry-run, verify on, --down, warm-up and after {short:?} (verdict {:?}; fork ready {} \
+             ms, migration {:.0} ms)",
             verify_report.verdict.result, verify_report.fork.ready_ms, verify_report.migration.duration_ms
         ),
         secs(verify_wall),
@@ -261,12 +302,12 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
         String::new(),
     ]);
     t3.row([
-        format!("(b) manual: pg_dump -Fd -j{}", args.jobs),
+        format!("(b) manual: pg_dump -Fd -j{}", settings.jobs),
         secs(manual.dump),
         String::new(),
     ]);
     t3.row([
-        format!("(b) manual: pg_restore -j{}", args.jobs),
+        format!("(b) manual: pg_restore -j{}", settings.jobs),
         secs(manual.restore),
         String::new(),
     ]);
@@ -287,7 +328,7 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
         format!("{:.2}", manual.total() / verify_wall.max(0.001)),
         String::new(),
     ]);
-    print!("{}", t3.render());
+    tables.push(t3);
 
     let load_tps = counter.rate(counter.first_at(), Instant::now());
     drop(counter);
@@ -305,8 +346,18 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
             "not measured (no /proc)".to_string()
         },
     ]);
-    print!("{}", t4.render());
-    Ok(())
+    tables.push(t4);
+    let share = share_lock(&index_report);
+    Ok(Figures {
+        tables,
+        replay_ratio: ratio,
+        replay_per_second: writes.per_second,
+        source_tps,
+        lock_hold_ms: share.map(|l| l.held_ms),
+        sample_interval_ms: index_report.locks.sample_interval_ms,
+        verdict_seconds: verify_wall,
+        manual_seconds: manual.total(),
+    })
 }
 
 fn options(
@@ -341,15 +392,16 @@ fn options(
 /// Runs a dry-run; returns its report, its wall time and when the library said it started replaying.
 async fn dry_run(state: &StateDir, opts: DryRunOptions) -> Result<(DryRunReport, f64, Option<Instant>)> {
     let replay_started: Mutex<Option<Instant>> = Mutex::new(None);
+    let started = Instant::now();
+    // Each line carries the time since the call began: where a dry-run's time goes.
     let say = |line: &str| {
         if line.starts_with("replaying production's writes")
             && let Ok(mut at) = replay_started.lock()
         {
             *at = Some(Instant::now());
         }
-        eprintln!("    {line}");
+        eprintln!("    [{:6.2} s] {line}", started.elapsed().as_secs_f64());
     };
-    let started = Instant::now();
     let report = dryrun::run(state, &opts, &say)
         .await
         .with_context(|| format!("dry-run of {}", opts.up.display()))?;
@@ -364,13 +416,24 @@ async fn dry_run(state: &StateDir, opts: DryRunOptions) -> Result<(DryRunReport,
     Ok((report, wall, at))
 }
 
+/// The index build's ShareLock on `pgbench_accounts` (or any ShareLock) held by the first statement.
+fn share_lock(report: &DryRunReport) -> Option<&understudy::locks::HeldLock> {
+    let locks = report
+        .migration
+        .statements
+        .first()
+        .map(|s| s.locks.as_slice())
+        .unwrap_or_default();
+    locks
+        .iter()
+        .find(|l| l.mode == "ShareLock" && l.relation.contains("pgbench_accounts"))
+        .or_else(|| locks.iter().find(|l| l.mode == "ShareLock"))
+}
+
 fn lock_table(report: &DryRunReport, wall: f64, other: f64) -> Table {
     let statement = report.migration.statements.first();
     let locks = statement.map(|s| s.locks.as_slice()).unwrap_or_default();
-    let share = locks
-        .iter()
-        .find(|l| l.mode == "ShareLock" && l.relation.contains("pgbench_accounts"))
-        .or_else(|| locks.iter().find(|l| l.mode == "ShareLock"));
+    let share = share_lock(report);
     let interval_ms = report.locks.sample_interval_ms;
     let mut t = Table::new(
         "2. Lock-wait detection: CREATE INDEX (non-concurrent) on pgbench_accounts vs a 10 s poller",
@@ -538,40 +601,6 @@ async fn manual_workflow(lab: &Lab, jobs: u32, up: &Path, check: &Path, down: &P
         check: checked,
         down: downed,
     })
-}
-
-/// Steady pgbench load on the source, killed when dropped.
-struct Load {
-    child: tokio::process::Child,
-}
-
-impl Load {
-    fn start(lab: &Lab, rate: u32) -> Result<Self> {
-        let source = lab.source()?;
-        let mut cmd = pgtool::command(&lab.bins, "pgbench");
-        cmd.arg("-h")
-            .arg(&source.cluster.config().socket_dir)
-            .arg("-p")
-            .arg(source.cluster.port().to_string())
-            .args(["-U", "postgres", "-n", "-c", "2", "-j", "2", "-T", "86400", "-R"])
-            .arg(rate.to_string())
-            .arg(DATABASE)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().context("starting pgbench (load)")?;
-        Ok(Load { child })
-    }
-
-    fn check(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait().context("checking on pgbench")? {
-            bail!("the pgbench load ended early ({status})");
-        }
-        Ok(())
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
 }
 
 /// Counts `pgbench_history` on the source every 100 ms (one row per pgbench transaction).

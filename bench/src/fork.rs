@@ -49,19 +49,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::AsyncBufReadExt;
 use understudy::fork::{self, ForkOptions, ForkTimings, Strategy};
 use understudy::pg::connect::connect_plain;
 use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
 use understudy::source::{Replicate, SandboxName};
 
 use crate::ForkArgs;
-use crate::lab::{self, Counts, DATABASE, Lab, Machine};
-use crate::pgtool::{self, sql};
+use crate::lab::{self, Counts, Lab, Machine, SourceFacts};
+use crate::load::Load;
+use crate::pgtool::sql;
 use crate::sync::{self, BaselineRun, mean};
 use crate::table::{self, Table, secs};
 
@@ -70,7 +69,7 @@ const GIB: u64 = 1024 * MIB;
 /// The longest a sandbox may take to apply a backlog before the bench gives up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// The order strategies are measured in within a round (reversed every other round).
-const ORDER: [Strategy; 4] = [
+pub const ORDER: [Strategy; 4] = [
     Strategy::BtrfsSnapshot,
     Strategy::Reflink,
     Strategy::Template,
@@ -340,23 +339,23 @@ fn run_sync(mut cmd: std::process::Command, what: &str) -> Result<()> {
 }
 
 /// A sandbox on one of the filesystems and the strategies measured on it.
-struct Target {
-    fs: &'static str,
-    name: SandboxName,
-    state: StateDir,
-    strategies: Vec<Strategy>,
-    meta: Option<SandboxMeta>,
+pub struct Target {
+    pub fs: &'static str,
+    pub name: SandboxName,
+    pub state: StateDir,
+    pub strategies: Vec<Strategy>,
+    pub meta: Option<SandboxMeta>,
 }
 
 /// The mounts and sandboxes of one data size, removed by [`Rig::finish`] (or, for the mounts, when dropped).
 #[derive(Default)]
-struct Rig {
+pub struct Rig {
     mounts: Vec<Mount>,
     targets: Vec<Target>,
 }
 
 impl Rig {
-    async fn finish(&mut self) -> Result<()> {
+    pub async fn finish(&mut self) -> Result<()> {
         let mut problems = Vec::new();
         for target in std::mem::take(&mut self.targets) {
             for f in fork::list(&target.state) {
@@ -382,7 +381,7 @@ impl Rig {
         }
     }
 
-    fn target(&self, strategy: Strategy) -> Result<&Target> {
+    pub fn target(&self, strategy: Strategy) -> Result<&Target> {
         self.targets
             .iter()
             .find(|t| t.strategies.contains(&strategy))
@@ -390,114 +389,8 @@ impl Rig {
     }
 }
 
-/// Steady pgbench load on the source, killed when dropped; its per-second TPS reports are kept.
-struct Load {
-    child: tokio::process::Child,
-    progress: Arc<Mutex<Vec<(Instant, f64)>>>,
-    tail: Arc<Mutex<Vec<String>>>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-impl Load {
-    fn start(lab: &Lab, rate: u32) -> Result<Self> {
-        let source = lab.source()?;
-        let mut cmd = pgtool::command(&lab.bins, "pgbench");
-        cmd.arg("-h")
-            .arg(&source.cluster.config().socket_dir)
-            .arg("-p")
-            .arg(source.cluster.port().to_string())
-            .args([
-                "-U", "postgres", "-n", "-c", "2", "-j", "2", "-P", "1", "-T", "86400", "-R",
-            ])
-            .arg(rate.to_string())
-            .arg(DATABASE)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting pgbench (load)")?;
-        let stderr = child.stderr.take().context("pgbench's standard error")?;
-        let progress = Arc::new(Mutex::new(Vec::new()));
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let progress = Arc::clone(&progress);
-            let tail = Arc::clone(&tail);
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(tps) = parse_progress(&line) {
-                        if let Ok(mut p) = progress.lock() {
-                            p.push((Instant::now(), tps));
-                        }
-                    } else if let Ok(mut t) = tail.lock() {
-                        t.push(line);
-                        let excess = t.len().saturating_sub(20);
-                        t.drain(..excess);
-                    }
-                }
-            })
-        };
-        Ok(Load {
-            child,
-            progress,
-            tail,
-            reader,
-        })
-    }
-
-    /// Fails when pgbench is no longer running.
-    fn check(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait().context("checking on pgbench")? {
-            let tail = self.tail.lock().map(|t| t.join("\n")).unwrap_or_default();
-            bail!("the pgbench load ended early ({status}): {tail}");
-        }
-        Ok(())
-    }
-
-    /// Mean of pgbench's per-second TPS reports covering `from..to` (the first report after `to` when the
-    /// window is shorter than a report).
-    fn tps(&self, from: Instant, to: Instant) -> Option<f64> {
-        let progress = self.progress.lock().ok()?;
-        let until = to + Duration::from_secs(1);
-        let inside: Vec<f64> = progress
-            .iter()
-            .filter(|(at, _)| *at > from && *at <= until)
-            .map(|(_, tps)| *tps)
-            .collect();
-        if inside.is_empty() {
-            progress.iter().find(|(at, _)| *at > to).map(|(_, tps)| *tps)
-        } else {
-            Some(mean(inside.iter().copied()))
-        }
-    }
-
-    /// Every report so far: the load's mean TPS over the whole run.
-    fn overall_tps(&self) -> Option<f64> {
-        let progress = self.progress.lock().ok()?;
-        (!progress.is_empty()).then(|| mean(progress.iter().map(|(_, t)| *t)))
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-/// `progress: 5.0 s, 499.8 tps, lat 1.234 ms stddev 0.456, 0 failed, lag 0.123 ms` → 499.8.
-fn parse_progress(line: &str) -> Option<f64> {
-    line.strip_prefix("progress: ")?
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" tps"))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// One fork measurement.
-struct ForkRun {
+pub struct ForkRun {
     strategy: Strategy,
     fs: &'static str,
     round: u32,
@@ -520,8 +413,8 @@ struct DumpRun {
     tps: Option<f64>,
 }
 
-struct ScaleReport {
-    scale: u32,
+pub struct ScaleReport {
+    pub scale: u32,
     database_bytes: i64,
     accounts_rows: i64,
     load_tps: Option<f64>,
@@ -539,7 +432,19 @@ async fn run_scale(args: &ForkArgs, lab: &mut Lab, rig: &mut Rig, scale: u32) ->
         facts.accounts_rows()
     );
     lab.start_baseline_cluster().await?;
+    measure(args, lab, rig, scale, &facts).await
+}
 
+/// The fork measurements of one data size on a prepared source (and a running baseline cluster): mounts and
+/// sandboxes made into `rig` (left there, following the source, for the caller to use and finish), forks and
+/// dump + restore under load.
+pub async fn measure(
+    args: &ForkArgs,
+    lab: &mut Lab,
+    rig: &mut Rig,
+    scale: u32,
+    facts: &SourceFacts,
+) -> Result<ScaleReport> {
     // Room for the sandbox, a full copy of it, its WAL and slack; the images are sparse.
     let db = u64::try_from(facts.database_bytes).unwrap_or(0);
     let image_bytes = (6 * GIB + 3 * db).div_ceil(GIB) * GIB;
@@ -834,11 +739,11 @@ impl ScaleReport {
         )
     }
 
-    fn of(&self, strategy: Strategy) -> impl Iterator<Item = &ForkRun> {
+    pub fn of(&self, strategy: Strategy) -> impl Iterator<Item = &ForkRun> {
         self.forks.iter().filter(move |f| f.strategy == strategy)
     }
 
-    fn mean_fork(&self, strategy: Strategy) -> f64 {
+    pub fn mean_fork(&self, strategy: Strategy) -> f64 {
         mean(self.of(strategy).map(|f| f.seconds))
     }
 
@@ -850,11 +755,11 @@ impl ScaleReport {
         mean(self.of(strategy).map(|f| f.timings.pause_ms as f64 / 1000.0))
     }
 
-    fn mean_dump(&self) -> f64 {
+    pub fn mean_dump(&self) -> f64 {
         mean(self.dumps.iter().map(|d| d.run.total()))
     }
 
-    fn runs_table(&self) -> Table {
+    pub fn runs_table(&self) -> Table {
         let mut t = Table::new(
             &format!("Forks, {}: every run", self.label()),
             &[
@@ -893,7 +798,7 @@ impl ScaleReport {
         t
     }
 
-    fn dump_table(&self, jobs: u32) -> Table {
+    pub fn dump_table(&self, jobs: u32) -> Table {
         let mut t = Table::new(
             &format!(
                 "pg_dump -Fd -j{jobs} + pg_restore -j{jobs} under the same load, {}",
@@ -921,7 +826,7 @@ impl ScaleReport {
         t
     }
 
-    fn strategy_table(&self, jobs: u32) -> Table {
+    pub fn strategy_table(&self, jobs: u32) -> Table {
         let n = self.dumps.len();
         let mut t = Table::new(
             &format!("Per strategy, {}: means of {n} run(s)", self.label()),
@@ -986,7 +891,7 @@ impl ScaleReport {
     }
 }
 
-fn flatness_table(reports: &[ScaleReport], jobs: u32) -> Table {
+pub fn flatness_table(reports: &[ScaleReport], jobs: u32) -> Table {
     let (first, last) = match (reports.first(), reports.last()) {
         (Some(a), Some(b)) => (a, b),
         _ => return Table::new("Fork time against data size", &["-"]),
@@ -1038,7 +943,7 @@ fn flatness_table(reports: &[ScaleReport], jobs: u32) -> Table {
     t
 }
 
-fn summary_table(reports: &[ScaleReport], jobs: u32) -> Table {
+pub fn summary_table(reports: &[ScaleReport], jobs: u32) -> Table {
     let mut t = Table::new("Summary", &["measure", "this run", "target", "met"]);
     for report in reports {
         for strategy in ORDER.into_iter().filter(|s| copy_on_write(*s)) {
@@ -1105,22 +1010,4 @@ fn summary_table(reports: &[ScaleReport], jobs: u32) -> Table {
         ]);
     }
     t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_pgbench_progress() {
-        assert_eq!(
-            parse_progress("progress: 5.0 s, 499.8 tps, lat 1.234 ms stddev 0.456, 0 failed, lag 0.123 ms"),
-            Some(499.8)
-        );
-        assert_eq!(
-            parse_progress("progress: 1.0 s, 0.0 tps, lat 0.000 ms stddev 0.000, lag 0.000 ms"),
-            Some(0.0)
-        );
-        assert_eq!(parse_progress("starting vacuum...end."), None);
-    }
 }

@@ -64,10 +64,12 @@
 //! [`understudy::sandbox::delete`] (which also drops their slots on the source), the baseline and source clusters
 //! destroyed, the working directory removed.
 
+mod all;
 mod dryrun;
 mod fork;
 mod lab;
 mod lag;
+mod load;
 mod noise;
 mod pgtool;
 mod sync;
@@ -102,6 +104,42 @@ enum Command {
     /// One dry-run's replay throughput, lock-wait resolution and time to a verdict (against dump + restore +
     /// psql), under pgbench load on a pgbench source followed by a sandbox.
     Dryrun(DryRunArgs),
+    /// Everything above in one run on the same data, at --scale and at 4× (needs root), ending with one table
+    /// of ratios against the manual way.
+    All(AllArgs),
+}
+
+/// Options of `understudy-bench all` (method: the doc comment of `bench/src/all.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    /// pgbench scale factor of the source at 1× (100,000 pgbench_accounts rows each).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scale: u32,
+    /// The larger data size, as a multiple of --scale.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub scale_factor: u32,
+    /// Also measure at --scale × --scale-factor (`--also-4x false` for a run at 1× only).
+    #[arg(long = "also-4x", default_value_t = true, action = clap::ArgAction::Set)]
+    pub also_4x: bool,
+    /// Measured rounds of each initial-sync method, and of each fork strategy and dump + restore, per data size.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// pgbench -R of the load on the source while forks are measured.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fork_rate: u32,
+    /// pgbench -R of the load on the source during the dry-runs.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dryrun_rate: u32,
+    /// Warm-up and after windows of the throughput and lock dry-runs, in seconds (the verdict dry-run uses 2 s,
+    /// or this when shorter).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub window_seconds: u32,
+    /// Parallel jobs of the sandboxes' initial copy and of pg_dump -j / pg_restore -j.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Working directory (must not exist); default /tmp/understudy-bench-all-<pid>.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Options of `understudy-bench dryrun` (method: the doc comment of `bench/src/dryrun.rs`).
@@ -191,6 +229,7 @@ fn main() -> std::process::ExitCode {
             Command::Sync(args) => sync_command(args).await,
             Command::Fork(args) => fork::command(args).await,
             Command::Dryrun(args) => dryrun::command(args).await,
+            Command::All(args) => all::command(args).await,
         }
     });
     match result {

@@ -46,10 +46,12 @@ impl SourceServer {
             keep: false,
         };
         let admin = server.cluster.connect("postgres").await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(database)))
-            .await
-            .map_err(PgError::sql("creating the source database"))?;
+        if database != "postgres" {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {}", quote_ident(database)))
+                .await
+                .map_err(PgError::sql("creating the source database"))?;
+        }
         admin
             .batch_execute(&format!(
                 "CREATE ROLE {} LOGIN REPLICATION PASSWORD {}",

@@ -376,12 +376,14 @@ fn check_forced(strategy: Strategy, sandbox_data: &Path, forks: &Path) -> Result
 }
 
 /// A fork's server: the sandbox's settings in its own directory, and never a logical replication worker (its
-/// copied subscription points at the source).
+/// copied subscription points at the source). A fork lives for minutes: no timed checkpoint disturbs what a
+/// dry-run measures on it.
 fn fork_cluster_config(dir: &Path) -> ClusterConfig {
     let mut config = crate::sandbox::sandbox_cluster_config(dir);
-    config
-        .settings
-        .push(("max_logical_replication_workers".into(), "0".into()));
+    config.settings.extend([
+        ("max_logical_replication_workers".into(), "0".into()),
+        ("checkpoint_timeout".into(), "15min".into()),
+    ]);
     config
 }
 
@@ -409,7 +411,9 @@ async fn build(
         .map_err(PgError::sql("checkpoint before the pause"))?;
 
     // The pause: held under an advisory lock so that the follower does not re-enable the subscription.
-    let admin = sandbox_cluster.connect("postgres").await?;
+    let admin = sandbox_cluster
+        .connect(crate::sandbox::admin_database(&sandbox.database))
+        .await?;
     admin
         .query("SELECT pg_advisory_lock($1)", &[&PAUSE_LOCK])
         .await
@@ -737,7 +741,7 @@ async fn remove(state: &StateDir, meta: &ForkMeta, dir: &Path) -> Result<(), For
     let sandbox_dir = state.sandbox_dir(&meta.sandbox);
     if let Ok(sandbox) = SandboxMeta::load(&sandbox_dir)
         && let Ok(cluster) = cluster_of(&sandbox)
-        && let Ok(admin) = cluster.connect("postgres").await
+        && let Ok(admin) = cluster.connect(crate::sandbox::admin_database(&sandbox.database)).await
     {
         if meta.strategy == Strategy::Template {
             let _ = admin

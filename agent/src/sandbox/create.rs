@@ -140,15 +140,27 @@ async fn build(
     load_config.settings.extend([
         ("wal_level".to_string(), "minimal".to_string()),
         ("max_wal_senders".to_string(), "0".to_string()),
+        ("checkpoint_timeout".to_string(), "15min".to_string()),
+        // Nothing is flushed while the data loads: the kernel writes it back while the indexes build, and the
+        // file system is flushed once, before the server restarts with fsync on (below).
+        ("fsync".to_string(), "off".to_string()),
     ]);
     let cache = Some(opts.state_dir.root().join(".cache"));
     let mut cluster = Cluster::init_with(bins.clone(), run_as, load_config, cache).await?;
     cluster.start().await?;
-    let admin = cluster.connect("postgres").await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&meta.database)))
+    let admin = cluster.connect(super::admin_database(&meta.database)).await?;
+    // A source database called `postgres` (a managed service's default) is loaded into the sandbox's own.
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&meta.database])
         .await
-        .map_err(PgError::sql("creating the sandbox database"))?;
+        .map_err(PgError::sql("looking for the sandbox database"))?
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&meta.database)))
+            .await
+            .map_err(PgError::sql("creating the sandbox database"))?;
+    }
     drop(admin);
     let target = cluster.conninfo(&meta.database);
     say(&format!(
@@ -214,9 +226,18 @@ async fn build(
     ));
 
     let index_started = Instant::now();
+    let data_dir = meta.cluster.data_dir.clone();
+    let early_flush = tokio::task::spawn_blocking(move || sync_tree(&data_dir));
     schema::restore(bins, &archive, &target, Section::PostData, opts.jobs).await?;
     cluster.reconfigure(meta.cluster.clone())?;
     cluster.stop(crate::pg::StopMode::Fast).await?;
+    // The load ran with fsync off: everything it wrote reaches the disk before the server runs with fsync on.
+    let _ = early_flush.await;
+    let data_dir = meta.cluster.data_dir.clone();
+    tokio::task::spawn_blocking(move || sync_tree(&data_dir))
+        .await
+        .map_err(|e| SandboxError::Failed(format!("flushing the sandbox's data to disk: {e}")))?
+        .map_err(|e| SandboxError::io(format!("flushing {} to disk", meta.cluster.data_dir.display()), e))?;
     cluster.start().await?;
     let indexes_seconds = index_started.elapsed().as_secs_f64();
     say(&format!("indexes and constraints built in {indexes_seconds:.1}s"));
@@ -264,6 +285,20 @@ async fn build(
     });
     meta.save(dir)?;
     Ok(())
+}
+
+/// Flushes every file and directory under `dir` to disk (what `initdb --sync-only` does).
+fn sync_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Waits until the sandbox has applied everything the source wrote up to `lsn` (tests, demos, forks).

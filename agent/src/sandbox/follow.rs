@@ -339,7 +339,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     let sandbox = cluster.connect(&meta.database).await?;
     // A fork holds this lock while it pauses the sandbox: skip the pass rather than disturb its fork point. Held
     // by this pass until it ends (the connection closes).
-    let pause_guard = cluster.connect("postgres").await?;
+    let pause_guard = cluster.connect(super::admin_database(&meta.database)).await?;
     let free: bool = pause_guard
         .query_one("SELECT pg_try_advisory_lock($1)", &[&crate::fork::PAUSE_LOCK])
         .await
