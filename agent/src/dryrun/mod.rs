@@ -466,13 +466,20 @@ async fn measure(
             blocked += 1;
             blocked_total += w;
             blocked_max = blocked_max.max(w);
-            if let Some(s) = statements.iter_mut().find(|s| {
-                s.outcome
-                    .started_at
-                    .zip(s.outcome.ended_at)
-                    .is_some_and(|(a, b)| r.queued <= b && r.end >= a)
-            }) {
-                s.blocked_writes += 1;
+            // The statement running while the write waited; the sampler sees a wait up to one interval after the
+            // statement ended, so a write that queued in that tail belongs to it too (else: the last statement
+            // that had started).
+            let span = |s: &StatementReport| s.outcome.started_at.zip(s.outcome.ended_at);
+            let during = statements
+                .iter()
+                .position(|s| span(s).is_some_and(|(a, b)| r.queued <= b + opts.sample_interval && r.end >= a));
+            let before = || {
+                statements
+                    .iter()
+                    .rposition(|s| s.outcome.started_at.is_some_and(|a| a <= r.end))
+            };
+            if let Some(i) = during.or_else(before) {
+                statements[i].blocked_writes += 1;
             }
         }
     }
