@@ -323,3 +323,79 @@ async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
     assert_eq!(slots, 0);
     let _ = connect_plain;
 }
+
+/// The table comparison behind verification: the same rows in another physical order compare equal; values the
+/// type's own hash would call equal but that differ (numeric scale, case under a case-insensitive collation)
+/// are differences; a table without a key compares as a multiset of rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_comparison_is_exact_and_order_independent() {
+    use understudy::verify::data;
+    let root = TempRoot::new("vcmp");
+    let server = understudy::demo::source::SourceServer::start(&root.path().join("pg"), "a", &[])
+        .await
+        .expect("server");
+    let admin = server.cluster.connect("postgres").await.expect("admin");
+    admin.batch_execute("CREATE DATABASE b").await.expect("db b");
+    let schema = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);\n\
+                  CREATE TABLE t (id int PRIMARY KEY, amount numeric, email text COLLATE ci, at timestamptz);\n\
+                  CREATE TABLE log (what text, n int);";
+    let a = server.cluster.connect("a").await.expect("a");
+    let b = server.cluster.connect("b").await.expect("b");
+    for c in [&a, &b] {
+        c.batch_execute(schema).await.expect("schema");
+    }
+    let columns = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let t_columns = columns(&["id", "amount", "email", "at"]);
+    let log_columns = columns(&["what", "n"]);
+    a.batch_execute(
+        "INSERT INTO t SELECT g, g * 1.5, 'user' || g || '@example.com', '2026-01-01'::timestamptz + g * interval '1 h' \
+         FROM generate_series(1, 5000) g; INSERT INTO log VALUES ('x', 1), ('x', 1), ('y', 2);",
+    )
+    .await
+    .expect("rows a");
+    b.batch_execute(
+        "INSERT INTO t SELECT g, g * 1.5, 'user' || g || '@example.com', '2026-01-01'::timestamptz + g * interval '1 h' \
+         FROM generate_series(5000, 1, -1) g; INSERT INTO log VALUES ('y', 2), ('x', 1), ('x', 1);",
+    )
+    .await
+    .expect("rows b");
+    let same = data::compare(&a, &b, "public.t", &t_columns).await.expect("compare");
+    assert_eq!(
+        (same.rows_a, same.rows_b, same.differing_rows),
+        (5000, 5000, 0),
+        "{same:?}"
+    );
+    let same = data::compare(&a, &b, "public.log", &log_columns)
+        .await
+        .expect("compare");
+    assert_eq!(same.differing_rows, 0, "{same:?}");
+
+    // 1.5 and 1.50 are equal numbers, 'User7@…' and 'user7@…' are equal under the collation: both are changes.
+    b.batch_execute(
+        "UPDATE t SET amount = amount::numeric(12, 2) WHERE id IN (1, 3); \
+         UPDATE t SET email = upper(email) WHERE id = 7; \
+         DELETE FROM log WHERE what = 'y'; INSERT INTO log VALUES ('z', 3), ('z', 3);",
+    )
+    .await
+    .expect("changes");
+    let changed = data::compare(&a, &b, "public.t", &t_columns).await.expect("compare");
+    assert_eq!(changed.differing_rows, 3, "{changed:?}");
+    assert!(changed.exact);
+    let mut keys = changed.sample_keys.clone();
+    keys.sort();
+    assert_eq!(keys, vec!["(1)", "(3)", "(7)"]);
+    // A table without a key compares as a multiset of rows: {x, x, y} against {x, x, z, z}, then against
+    // {y, z, z} (the same row count).
+    let log = data::compare(&a, &b, "public.log", &log_columns)
+        .await
+        .expect("compare");
+    assert!(log.differing_rows > 0, "{log:?}");
+    b.batch_execute("DELETE FROM log; INSERT INTO log VALUES ('y', 2), ('z', 3), ('z', 3)")
+        .await
+        .expect("y z z");
+    let log = data::compare(&a, &b, "public.log", &log_columns)
+        .await
+        .expect("compare");
+    assert_eq!((log.rows_a, log.rows_b), (3, 3));
+    assert!(log.differing_rows > 0, "{log:?}");
+}

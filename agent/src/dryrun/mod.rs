@@ -410,14 +410,17 @@ async fn measure(
     // A write is blocked when its worker waited behind the migration, or when it queued for a worker while the
     // workers were waiting behind the migration (production's connections would each have waited on the lock).
     let blocked_wait = |r: &WriteRecord| -> Option<Duration> {
+        // Nothing waits behind the migration before it starts (a sampling round that began just before it
+        // carries an earlier timestamp).
         let own = replay_episodes
             .iter()
             .filter(|e| e.pid == r.worker_pid && e.start <= r.end && e.end >= r.start)
             .map(|e| {
                 r.end
                     .min(e.end + opts.sample_interval)
-                    .saturating_duration_since(r.start.max(e.start))
+                    .saturating_duration_since(r.start.max(e.start).max(migration_started))
             })
+            .filter(|w| !w.is_zero())
             .max();
         let queued = replay_episodes
             .iter()
@@ -429,7 +432,7 @@ async fn measure(
             .map(|e| {
                 r.start
                     .min(e.end + opts.sample_interval)
-                    .saturating_duration_since(r.queued.max(e.start))
+                    .saturating_duration_since(r.queued.max(e.start).max(migration_started))
             })
             .filter(|w| !w.is_zero())
             .max();
@@ -568,12 +571,13 @@ async fn measure(
         }
         let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
         let b = connect_plain(conninfo, "understudy-verify").await?;
-        let v = verification::compare(&a, &b, &inputs.checks, upto.to_string()).await?;
+        let mut cache = crate::verify::data::ReferenceCache::default();
+        let v = verification::compare(&a, &b, &inputs.checks, upto.to_string(), &mut cache).await?;
         if let Some((down_file, down_plan)) = &inputs.down
             && outcome.ok
         {
             say(&format!("running {down_file} on the migrated fork (rollback proof)"));
-            rollback = verification::rollback(&a, &b, down_file, down_plan, opts.statement_timeout).await?;
+            rollback = verification::rollback(&a, &b, down_file, down_plan, opts.statement_timeout, &mut cache).await?;
         }
         findings.extend(verification::findings(&v, &rollback, inputs.down.is_some(), outcome.ok));
         verification_report = Some(v);

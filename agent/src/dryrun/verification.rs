@@ -82,6 +82,7 @@ pub async fn compare(
     b: &Client,
     checks_file: &[(String, Statement)],
     at: String,
+    cache: &mut data::ReferenceCache,
 ) -> Result<Verification, PgError> {
     let sa = SchemaSnapshot::read(a).await?;
     let sb = SchemaSnapshot::read(b).await?;
@@ -95,7 +96,7 @@ pub async fn compare(
         if columns.is_empty() {
             continue;
         }
-        v.tables.push(data::compare(a, b, table, &columns).await?);
+        v.tables.push(data::compare_cached(a, b, table, &columns, cache).await?);
     }
     for change in v
         .schema_changes
@@ -124,6 +125,7 @@ pub async fn rollback(
     file: &str,
     plan: &Plan,
     statement_timeout: Option<std::time::Duration>,
+    cache: &mut data::ReferenceCache,
 ) -> Result<Rollback, PgError> {
     let pid: i32 = a
         .query_one("SELECT pg_backend_pid()", &[])
@@ -150,7 +152,7 @@ pub async fn rollback(
             continue;
         }
         r.tables_compared += 1;
-        let whole = data::compare(a, b, table, &columns).await?;
+        let whole = data::compare_cached(a, b, table, &columns, cache).await?;
         if whole.differing_rows == 0 && whole.rows_a == whole.rows_b {
             continue;
         }
