@@ -228,6 +228,20 @@ async fn measure(
         sandbox.cluster.port,
         sandbox.database
     );
+    // Where each twin's own changes begin, read before anything writes on them: verification hashes only what
+    // changed since.
+    let control_conninfo = control.map(|c| c.conninfo(&sandbox));
+    let since = match &control_conninfo {
+        Some(conninfo) => {
+            let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
+            let b = connect_plain(conninfo, "understudy-verify").await?;
+            Some(crate::verify::data::Since {
+                a: crate::verify::data::next_xid(&a).await?,
+                b: crate::verify::data::next_xid(&b).await?,
+            })
+        }
+        None => None,
+    };
     let replay = LiveReplay::start(&LiveConfig {
         sandbox_conninfo: sandbox_conninfo.clone(),
         capture_slot: fork_meta.capture_slot.clone(),
@@ -237,7 +251,6 @@ async fn measure(
         poll_interval: Duration::from_millis(20),
     })
     .await?;
-    let control_conninfo = control.map(|c| c.conninfo(&sandbox));
     let control_replay = match (control, &control_conninfo) {
         (Some(c), Some(conninfo)) => Some(
             LiveReplay::start(&LiveConfig {
@@ -572,12 +585,13 @@ async fn measure(
         let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
         let b = connect_plain(conninfo, "understudy-verify").await?;
         let mut cache = crate::verify::data::ReferenceCache::default();
-        let v = verification::compare(&a, &b, &inputs.checks, upto.to_string(), &mut cache).await?;
+        let v = verification::compare(&a, &b, &inputs.checks, upto.to_string(), since, &mut cache).await?;
         if let Some((down_file, down_plan)) = &inputs.down
             && outcome.ok
         {
             say(&format!("running {down_file} on the migrated fork (rollback proof)"));
-            rollback = verification::rollback(&a, &b, down_file, down_plan, opts.statement_timeout, &mut cache).await?;
+            rollback =
+                verification::rollback(&a, &b, down_file, down_plan, opts.statement_timeout, since, &mut cache).await?;
         }
         findings.extend(verification::findings(&v, &rollback, inputs.down.is_some(), outcome.ok));
         verification_report = Some(v);

@@ -82,6 +82,7 @@ pub async fn compare(
     b: &Client,
     checks_file: &[(String, Statement)],
     at: String,
+    since: Option<data::Since>,
     cache: &mut data::ReferenceCache,
 ) -> Result<Verification, PgError> {
     let sa = SchemaSnapshot::read(a).await?;
@@ -96,7 +97,8 @@ pub async fn compare(
         if columns.is_empty() {
             continue;
         }
-        v.tables.push(data::compare_cached(a, b, table, &columns, cache).await?);
+        v.tables
+            .push(data::compare_cached(a, b, table, &columns, since, cache).await?);
     }
     for change in v
         .schema_changes
@@ -125,6 +127,7 @@ pub async fn rollback(
     file: &str,
     plan: &Plan,
     statement_timeout: Option<std::time::Duration>,
+    since: Option<data::Since>,
     cache: &mut data::ReferenceCache,
 ) -> Result<Rollback, PgError> {
     let pid: i32 = a
@@ -152,7 +155,7 @@ pub async fn rollback(
             continue;
         }
         r.tables_compared += 1;
-        let whole = data::compare_cached(a, b, table, &columns, cache).await?;
+        let whole = data::compare_cached(a, b, table, &columns, since, cache).await?;
         if whole.differing_rows == 0 && whole.rows_a == whole.rows_b {
             continue;
         }

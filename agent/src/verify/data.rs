@@ -122,36 +122,65 @@ fn hashable_row(columns: &[String], types: &HashMap<String, String>) -> String {
     format!("row({})", fields.join(", "))
 }
 
-/// The bucket of a row: from its key, or (no key) from the compared columns.
-fn bucket_expr(shape: &Shape) -> String {
-    let by = if shape.key.is_empty() {
-        &shape.columns
-    } else {
-        &shape.key
+/// A 64-bit hash of one column, cheap for the usual key types (no text rendering), never NULL.
+fn column_hash(column: &str, ty: Option<&str>, seed: usize) -> String {
+    let col = format!("t.{}", quote_ident(column));
+    let hash = match ty {
+        Some("smallint") => format!("hashint2extended({col}, {seed})"),
+        Some("integer") => format!("hashint4extended({col}, {seed})"),
+        Some("bigint") => format!("hashint8extended({col}, {seed})"),
+        Some("uuid") => format!("uuid_hash_extended({col}, {seed})"),
+        Some("text" | "character varying") => format!("hashtextextended({col} COLLATE \"C\", {seed})"),
+        _ => format!("hashtextextended({col}::text COLLATE \"C\", {seed})"),
     };
-    format!(
-        "(hash_record_extended({}, 1) & {})::int",
-        hashable_row(by, &shape.types),
-        BUCKETS - 1
-    )
+    format!("coalesce({hash}, {seed})")
 }
 
-/// Per bucket: the row count and the sum of the rows' 64-bit hashes. A sum does not depend on the order of the
-/// rows, so nothing is sorted, and unlike XOR it does not cancel out pairs of equal rows in tables without a key.
-/// The planner cannot know there are only 256 buckets and would sort the whole table to group it: sorting is
-/// switched off for this one query.
-async fn buckets(client: &Client, table: &str, shape: &Shape) -> Result<Buckets, PgError> {
-    let sql = format!(
-        "SELECT {b}, count(*), sum(hash_record_extended({r}, 0))::text FROM {t} t GROUP BY 1",
-        b = bucket_expr(shape),
-        r = hashable_row(&shape.columns, &shape.types),
-        t = qualified(table)
-    );
+/// What a comparison hashes: the key (empty: the compared columns identify a row), the compared columns, and the
+/// table's column types.
+struct Shape {
+    key: Vec<String>,
+    columns: Vec<String>,
+    types: HashMap<String, String>,
+}
+
+impl Shape {
+    /// The row's identity hash: its key columns' hashes combined (each with its own seed), or the compared
+    /// columns' when the table has no key.
+    fn key_hash(&self) -> String {
+        let by = if self.key.is_empty() { &self.columns } else { &self.key };
+        let parts: Vec<String> = by
+            .iter()
+            .enumerate()
+            .map(|(i, c)| column_hash(c, self.types.get(c).map(String::as_str), i + 1))
+            .collect();
+        format!("({})", parts.join(" # "))
+    }
+
+    fn bucket(&self) -> String {
+        format!("({} & {})::int", self.key_hash(), BUCKETS - 1)
+    }
+
+    /// Keys are unique, so XOR of their hashes is safe and cheap; rows of a table without a key may repeat, and
+    /// pairs of equal hashes must not cancel out.
+    fn key_aggregate(&self) -> &'static str {
+        if self.key.is_empty() { "sum" } else { "bit_xor" }
+    }
+}
+
+/// Runs `sql` with sorting switched off: the planner cannot know there are only 256 buckets and would sort the
+/// whole table to group it.
+async fn grouped(client: &Client, table: &str, sql: &str, buckets: &[i32]) -> Result<Buckets, PgError> {
     client
         .batch_execute("BEGIN READ ONLY; SET LOCAL enable_sort = off")
         .await
         .map_err(PgError::sql(format!("checksumming {table}")))?;
-    let rows = client.query(&sql, &[]).await;
+    let buckets = buckets.to_vec();
+    let rows = if sql.contains("$1") {
+        client.query(sql, &[&buckets]).await
+    } else {
+        client.query(sql, &[]).await
+    };
     let end = client
         .batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" })
         .await;
@@ -163,12 +192,42 @@ async fn buckets(client: &Client, table: &str, shape: &Shape) -> Result<Buckets,
         .collect())
 }
 
-/// What a comparison hashes: the key (empty: the compared columns identify a row), the compared columns, and the
-/// table's column types.
-struct Shape {
-    key: Vec<String>,
-    columns: Vec<String>,
-    types: HashMap<String, String>,
+/// Per bucket: the row count and the sum of the rows' content hashes (the sum does not depend on the order of the
+/// rows and, unlike XOR, does not cancel out equal rows), over the buckets `only` (all when `None`).
+async fn content(client: &Client, table: &str, shape: &Shape, only: Option<&[i32]>) -> Result<Buckets, PgError> {
+    let sql = format!(
+        "SELECT {b}, count(*), sum(hash_record_extended({r}, 0))::text FROM {t} t {w} GROUP BY 1",
+        b = shape.bucket(),
+        r = hashable_row(&shape.columns, &shape.types),
+        t = qualified(table),
+        w = if only.is_some() {
+            format!("WHERE {} = ANY($1)", shape.bucket())
+        } else {
+            String::new()
+        }
+    );
+    grouped(client, table, &sql, only.unwrap_or_default()).await
+}
+
+/// Per bucket, in one cheap scan: the row count and key-hash aggregate of all rows, and the same plus the content
+/// hashes of the rows changed since `since` (a row version whose `xmin` is at least the side's next transaction
+/// id at the fork point). Rows older than that are the fork point's own versions, identical on both twins, so
+/// only the changed ones need their content hashed. Equal summaries mean equal buckets; a bucket whose summaries
+/// differ may still be equal (a row rewritten to the same values on one side only) and is compared by content.
+async fn summary(client: &Client, table: &str, shape: &Shape, since: u32) -> Result<Buckets, PgError> {
+    let new = format!("age(t.xmin) <= age('{since}'::xid)");
+    let agg = shape.key_aggregate();
+    let sql = format!(
+        "SELECT (kh & {mask})::int, count(*), concat_ws('/', count(*), {agg}(kh), count(*) FILTER (WHERE n), \
+         coalesce(({agg}(kh) FILTER (WHERE n))::text, '-'), coalesce((sum(ch) FILTER (WHERE n))::text, '-')) \
+         FROM (SELECT {kh} AS kh, {new} AS n, CASE WHEN {new} THEN hash_record_extended({r}, 0) END AS ch FROM {t} t) s \
+         GROUP BY 1",
+        mask = BUCKETS - 1,
+        kh = shape.key_hash(),
+        r = hashable_row(&shape.columns, &shape.types),
+        t = qualified(table),
+    );
+    grouped(client, table, &sql, &[]).await
 }
 
 async fn bucket_rows(
@@ -180,7 +239,7 @@ async fn bucket_rows(
     let sql = format!(
         "SELECT {k}, {r} FROM {t} t WHERE {b} = $1",
         k = key_expr(shape),
-        b = bucket_expr(shape),
+        b = shape.bucket(),
         r = row_expr(&shape.columns),
         t = qualified(table)
     );
@@ -197,22 +256,63 @@ async fn bucket_rows(
 
 type Buckets = BTreeMap<i32, (i64, String)>;
 
-/// The reference side's bucket checksums by table and columns: the control twin does not change between the
-/// comparison after the migration and the one after the rollback, so it is scanned once.
-#[derive(Debug, Default)]
-pub struct ReferenceCache(std::collections::HashMap<(String, Vec<String>), Buckets>);
-
-/// Compares `table` on `a` and `b` over `columns`.
-pub async fn compare(a: &Client, b: &Client, table: &str, columns: &[String]) -> Result<TableComparison, PgError> {
-    compare_cached(a, b, table, columns, &mut ReferenceCache::default()).await
+/// Where each twin's own changes begin: its next transaction id at the fork point (32-bit, as `xmin` is). Row
+/// versions older than that are the fork point's, the same on both twins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    pub a: u32,
+    pub b: u32,
 }
 
-/// Compares `table` on `a` and `b` over `columns`; `b` must not have changed since `cache` was filled.
+/// A server's next transaction id (32-bit): read before anything writes on a fresh fork, it is that fork's
+/// [`Since`].
+pub async fn next_xid(client: &Client) -> Result<u32, PgError> {
+    let row = client
+        .query_one(
+            "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text::bigint % 4294967296)::bigint",
+            &[],
+        )
+        .await
+        .map_err(PgError::sql("reading the next transaction id"))?;
+    u32::try_from(row.get::<_, i64>(0)).map_err(|e| PgError::Config(format!("transaction id out of range: {e}")))
+}
+
+/// Where `columns` sit in `table`'s rows: name, number, type and modifier.
+async fn layout(client: &Client, table: &str, columns: &[String]) -> Result<Vec<String>, PgError> {
+    let columns = columns.to_vec();
+    let rows = client
+        .query(
+            "SELECT attname || ':' || attnum || ':' || atttypid || ':' || atttypmod FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attname = ANY($2) AND NOT attisdropped ORDER BY attnum",
+            &[&qualified(table), &columns],
+        )
+        .await
+        .map_err(PgError::sql(format!("reading the columns of {table}")))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The reference side's bucket summaries and contents by table and columns: the control twin does not change
+/// between the comparison after the migration and the one after the rollback, so it is scanned once.
+#[derive(Debug, Default)]
+pub struct ReferenceCache {
+    summaries: HashMap<(String, Vec<String>), Buckets>,
+    contents: HashMap<(String, Vec<String>), Buckets>,
+}
+
+/// Compares `table` on `a` and `b` over `columns` (every row's content hashed on both sides).
+pub async fn compare(a: &Client, b: &Client, table: &str, columns: &[String]) -> Result<TableComparison, PgError> {
+    compare_cached(a, b, table, columns, None, &mut ReferenceCache::default()).await
+}
+
+/// Compares `table` on `a` and `b` over `columns`; `b` must not have changed since `cache` was filled. With
+/// `since` (both sides are twins forked at one point), only buckets whose cheap summaries differ are hashed by
+/// content.
 pub async fn compare_cached(
     a: &Client,
     b: &Client,
     table: &str,
     columns: &[String],
+    since: Option<Since>,
     cache: &mut ReferenceCache,
 ) -> Result<TableComparison, PgError> {
     let key = primary_key(b, table).await?;
@@ -222,19 +322,77 @@ pub async fn compare_cached(
         columns: columns.to_vec(),
         types,
     };
+    // An old row version decodes to the same values on both sides only if the compared columns sit where they
+    // sat (a column dropped and added again, or retyped in place, changes what the same bytes mean).
+    let since = match since {
+        Some(s) => {
+            let (la, lb) = tokio::try_join!(layout(a, table, columns), layout(b, table, columns))?;
+            (la == lb).then_some(s)
+        }
+        None => None,
+    };
     let cache_key = (table.to_string(), columns.to_vec());
     // The two sides are separate servers: each scans its copy at the same time.
-    let (ba, bb) = match cache.0.get(&cache_key) {
-        Some(bb) => (buckets(a, table, &shape).await?, bb.clone()),
-        None => {
-            let (ba, bb) = tokio::try_join!(buckets(a, table, &shape), buckets(b, table, &shape))?;
-            cache.0.insert(cache_key, bb.clone());
-            (ba, bb)
+    let (rows_a, rows_b, candidates) = match since {
+        Some(since) => {
+            let (sa, sb) = match cache.summaries.get(&cache_key) {
+                Some(sb) => (summary(a, table, &shape, since.a).await?, sb.clone()),
+                None => {
+                    let (sa, sb) =
+                        tokio::try_join!(summary(a, table, &shape, since.a), summary(b, table, &shape, since.b))?;
+                    cache.summaries.insert(cache_key.clone(), sb.clone());
+                    (sa, sb)
+                }
+            };
+            let candidates: Vec<i32> = (0..BUCKETS).filter(|i| sa.get(i) != sb.get(i)).collect();
+            (
+                sa.values().map(|v| v.0).sum::<i64>(),
+                sb.values().map(|v| v.0).sum::<i64>(),
+                Some(candidates),
+            )
+        }
+        None => (0, 0, None),
+    };
+    // Content hashes: of the candidate buckets, or of everything without a summary.
+    let (ca, cb) = match &candidates {
+        Some(c) if c.is_empty() => (Buckets::new(), Buckets::new()),
+        _ => {
+            let only = candidates.as_deref();
+            let cached = cache.contents.get(&cache_key).filter(|known| {
+                only.map_or(known.len() as i32 == BUCKETS, |o| {
+                    o.iter().all(|i| known.contains_key(i))
+                })
+            });
+            match cached {
+                Some(cb) => (content(a, table, &shape, only).await?, cb.clone()),
+                None => {
+                    let (ca, cb) = tokio::try_join!(content(a, table, &shape, only), content(b, table, &shape, only))?;
+                    let known = cache.contents.entry(cache_key).or_default();
+                    // A bucket absent from the result is empty on that side.
+                    for i in only.map(<[i32]>::to_vec).unwrap_or_else(|| (0..BUCKETS).collect()) {
+                        known.insert(i, cb.get(&i).cloned().unwrap_or((0, String::new())));
+                    }
+                    (ca, cb)
+                }
+            }
         }
     };
-    let rows_a = ba.values().map(|v| v.0).sum();
-    let rows_b = bb.values().map(|v| v.0).sum();
-    let differing: Vec<i32> = (0..BUCKETS).filter(|i| ba.get(i) != bb.get(i)).collect();
+    let (rows_a, rows_b) = match candidates {
+        Some(_) => (rows_a, rows_b),
+        None => (ca.values().map(|v| v.0).sum(), cb.values().map(|v| v.0).sum()),
+    };
+    let empty = (0, String::new());
+    let differing: Vec<i32> = match &candidates {
+        Some(c) => c.clone(),
+        None => (0..BUCKETS).collect(),
+    }
+    .into_iter()
+    .filter(|i| {
+        let x = ca.get(i).filter(|v| v.0 > 0).unwrap_or(&empty);
+        let y = cb.get(i).filter(|v| v.0 > 0).unwrap_or(&empty);
+        x != y
+    })
+    .collect();
     let mut out = TableComparison {
         table: table.to_string(),
         rows_a,
