@@ -146,51 +146,56 @@ async fn build(
         ("fsync".to_string(), "off".to_string()),
     ]);
     let cache = Some(opts.state_dir.root().join(".cache"));
-    let mut cluster = Cluster::init_with(bins.clone(), run_as, load_config, cache).await?;
-    cluster.start().await?;
-    let admin = cluster.connect(super::admin_database(&meta.database)).await?;
-    // A source database called `postgres` (a managed service's default) is loaded into the sandbox's own.
-    let exists = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&meta.database])
-        .await
-        .map_err(PgError::sql("looking for the sandbox database"))?
-        .is_some();
-    if !exists {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&meta.database)))
+    let work: PathBuf = dir.join("work");
+    std::fs::create_dir_all(&work).map_err(|e| SandboxError::io(format!("creating {}", work.display()), e))?;
+    // Three independent steps at once: the sandbox's server starting, the schema dumped from the source, and the
+    // slot created there with its exported snapshot (recorded as ours before it exists: the metadata already
+    // names it; every copy worker imports the snapshot).
+    let database = meta.database.clone();
+    let start_cluster = async {
+        let cluster = Cluster::init_with(bins.clone(), run_as, load_config, cache).await?;
+        cluster.start().await?;
+        let admin = cluster.connect(super::admin_database(&database)).await?;
+        // A source database called `postgres` (a managed service's default) is loaded into the sandbox's own.
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
             .await
-            .map_err(PgError::sql("creating the sandbox database"))?;
-    }
-    drop(admin);
-    let target = cluster.conninfo(&meta.database);
+            .map_err(PgError::sql("looking for the sandbox database"))?
+            .is_some();
+        if !exists {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database)))
+                .await
+                .map_err(PgError::sql("creating the sandbox database"))?;
+        }
+        Ok::<_, SandboxError>(cluster)
+    };
+    let dump_schema = async {
+        let exclude = catalog::relations_outside(client, &table_names).await?;
+        let leaving: Vec<_> = catalog::foreign_keys_leaving(client, &table_names)
+            .await?
+            .into_iter()
+            .map(|(t, c, _)| (t, c))
+            .collect();
+        Ok::<_, SandboxError>(schema::dump(bins, &opts.source, &exclude, &leaving, &work).await?)
+    };
+    let create_slot = async { Ok::<_, SandboxError>(ExportedSlot::create(bins, &opts.source, &meta.slot).await?) };
+    let (mut cluster, archive, slot) = tokio::try_join!(start_cluster, dump_schema, create_slot)?;
+    meta.consistent_point = Some(slot.consistent_point);
+    meta.save(dir)?;
     say(&format!(
         "sandbox cluster initialised at {}",
         meta.cluster.data_dir.display()
     ));
-
-    let work: PathBuf = dir.join("work");
-    std::fs::create_dir_all(&work).map_err(|e| SandboxError::io(format!("creating {}", work.display()), e))?;
-    let exclude = catalog::relations_outside(client, &table_names).await?;
-    let leaving: Vec<_> = catalog::foreign_keys_leaving(client, &table_names)
-        .await?
-        .into_iter()
-        .map(|(t, c, _)| (t, c))
-        .collect();
-    let archive = schema::dump(bins, &opts.source, &exclude, &leaving, &work).await?;
+    say(&format!(
+        "created slot {} at {} on the source",
+        meta.slot, slot.consistent_point
+    ));
+    let target = cluster.conninfo(&meta.database);
     schema::restore(bins, &archive, &target, Section::PreData, 1).await?;
     let schema_seconds = started.elapsed().as_secs_f64();
     say(&format!(
         "sandbox cluster started and schema restored (pre-data) in {schema_seconds:.1}s"
-    ));
-
-    // The slot: recorded as ours before it exists (the metadata already names it), created with an exported
-    // snapshot that every copy worker imports.
-    let slot = ExportedSlot::create(bins, &opts.source, &meta.slot).await?;
-    meta.consistent_point = Some(slot.consistent_point);
-    meta.save(dir)?;
-    say(&format!(
-        "created slot {} at {} on the source",
-        meta.slot, slot.consistent_point
     ));
 
     let copy_started = Instant::now();
