@@ -30,7 +30,7 @@ use crate::fork::{self, Rig, ScaleReport};
 use crate::lab::{Lab, Machine};
 use crate::sync::{self, SyncReport};
 use crate::table::{self, Table, secs};
-use crate::{AllArgs, ForkArgs, SyncArgs};
+use crate::{AllArgs, ForkArgs, SyncArgs, run};
 
 /// Everything measured at one data size.
 struct Size {
@@ -45,91 +45,25 @@ pub async fn command(args: AllArgs) -> Result<()> {
     if !understudy::pg::os_user::running_as_root() {
         bail!("the benchmark loop-mounts btrfs and xfs filesystems for the forks: run it as root");
     }
-    let base = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-bench-all-{}", std::process::id())));
-    let base = std::path::absolute(&base).with_context(|| format!("resolving {}", base.display()))?;
-    if base.exists() {
-        bail!("{} exists: remove it or pass another --dir", base.display());
-    }
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("setting the mode of {}", base.display()))?;
-    }
-    let mut scales = vec![args.scale];
-    if args.also_4x {
-        scales.push(
-            args.scale
-                .checked_mul(args.scale_factor)
-                .context("--scale times --scale-factor is too large")?,
-        );
-    }
-
+    let base = run::make_base(args.dir.clone(), "all")?;
+    let scales = run::scales(args.scale, args.scale_factor, args.also_4x)?;
     println!("# understudy-bench all");
-    let mut sizes: Vec<Size> = Vec::new();
-    let mut failure = None;
-    for (i, &scale) in scales.iter().enumerate() {
-        let mut lab = Lab::new(base.join(format!("scale-{scale}")))?;
+    let (sizes, ended) = run::per_size(&base, &scales, async |lab: &mut Lab, rig: &mut Rig, scale, i| {
         if i == 0 {
-            print!("{}", setup_table(&args, &lab).await.render());
+            print!("{}", setup_table(&args, lab).await.render());
         }
-        let mut rig = Rig::default();
-        let outcome = tokio::select! {
-            outcome = run_size(&args, &mut lab, &mut rig, scale) => outcome,
-            signal = tokio::signal::ctrl_c() => match signal {
-                Ok(()) => Err(anyhow::anyhow!("interrupted")),
-                Err(e) => Err(anyhow::Error::new(e).context("waiting for Ctrl-C")),
-            },
-        };
-        if let Err(e) = &outcome {
-            eprintln!("error: {e:#}");
-            eprintln!("cleaning up after the error ...");
-        }
-        let rig_cleanup = rig.finish().await;
-        let lab_cleanup = lab.finish(false).await;
-        match outcome {
-            Ok(size) => sizes.push(size),
-            Err(e) => failure = Some(e),
-        }
-        for cleanup in [rig_cleanup, lab_cleanup] {
-            if let Err(e) = cleanup {
-                eprintln!("error: cleaning up: {e:#}");
-                failure.get_or_insert(e.context("cleaning up"));
-            }
-        }
-        if failure.is_some() {
-            break;
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(&base)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("note: could not remove {}: {e}", base.display());
-    }
+        run_size(&args, lab, rig, scale).await
+    })
+    .await;
     if !sizes.is_empty() {
         print!("{}", summary(&sizes, &args).render());
     }
-    match failure {
-        None => Ok(()),
-        Some(e) if sizes.is_empty() => Err(e.context("the benchmark failed; everything was cleaned up")),
-        Some(e) => Err(e.context(format!(
-            "the benchmark failed after {} of {} data size(s) (their tables are above); everything was cleaned up",
-            sizes.len(),
-            scales.len()
-        ))),
-    }
+    ended
 }
 
 async fn setup_table(args: &AllArgs, lab: &Lab) -> Table {
-    let machine = Machine::describe(&lab.bins).await;
-    let mut setup = Table::new("Setup", &["item", "value"]);
-    setup.row(["machine", &machine.summary()]);
-    setup.row(["PostgreSQL", &machine.postgres]);
-    setup.row([
-        "command",
+    Machine::setup_table(
+        &lab.bins,
         &format!(
             "understudy-bench all --scale {} --scale-factor {} --also-4x {} --repeat {} --fork-rate {} \
              --dryrun-rate {} --window-seconds {} --jobs {}",
@@ -142,8 +76,8 @@ async fn setup_table(args: &AllArgs, lab: &Lab) -> Table {
             args.window_seconds,
             args.jobs
         ),
-    ]);
-    setup
+    )
+    .await
 }
 
 async fn run_size(args: &AllArgs, lab: &mut Lab, rig: &mut Rig, scale: u32) -> Result<Size> {

@@ -40,6 +40,7 @@ use crate::DryRunArgs;
 use crate::lab::{self, Lab, Machine};
 use crate::load::Load;
 use crate::pgtool::{self, sql};
+use crate::run;
 use crate::table::{self, Table, secs};
 
 const POLLER_SECONDS: f64 = 10.0;
@@ -57,17 +58,7 @@ pub async fn command(args: DryRunArgs) -> Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-bench-dryrun-{}", std::process::id())));
     let mut lab = Lab::new(root)?;
     let state = lab.sandbox_state();
-    let outcome = tokio::select! {
-        outcome = run(&args, &mut lab) => outcome,
-        signal = tokio::signal::ctrl_c() => match signal {
-            Ok(()) => Err(anyhow::anyhow!("interrupted")),
-            Err(e) => Err(anyhow::Error::new(e).context("waiting for Ctrl-C")),
-        },
-    };
-    if let Err(e) = &outcome {
-        eprintln!("error: {e:#}");
-        eprintln!("cleaning up after the error ...");
-    }
+    let outcome = run::interruptible(run(&args, &mut lab)).await;
     // Forks left by an interrupted dry-run (the library removes them itself when it gets to finish).
     for name in FORKS
         .iter()
@@ -77,27 +68,19 @@ pub async fn command(args: DryRunArgs) -> Result<()> {
         let _ = understudy::fork::delete(&state, &name).await;
     }
     let cleanup = lab.finish(false).await;
-    match (outcome, cleanup) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Ok(()), Err(e)) => Err(e.context("the benchmark ran, but cleaning up failed")),
-        (Err(_), Ok(())) => bail!("the benchmark failed (see above); everything was cleaned up"),
-        (Err(_), Err(e)) => Err(e.context("the benchmark failed (see above) and cleaning up failed")),
-    }
+    run::conclude(outcome, cleanup)
 }
 
 async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
-    let machine = Machine::describe(&lab.bins).await;
     println!("# understudy-bench dryrun");
-    let mut setup = Table::new("Setup", &["item", "value"]);
-    setup.row(["machine", &machine.summary()]);
-    setup.row(["PostgreSQL", &machine.postgres]);
-    setup.row([
-        "command",
+    let mut setup = Machine::setup_table(
+        &lab.bins,
         &format!(
             "understudy-bench dryrun --scale {} --rate {} --jobs {}",
             args.scale, args.rate, args.jobs
         ),
-    ]);
+    )
+    .await;
     let facts = lab.prepare_source(args.scale).await?;
     setup.row([
         "source",

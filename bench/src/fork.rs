@@ -61,6 +61,7 @@ use crate::ForkArgs;
 use crate::lab::{self, Counts, Lab, Machine, SourceFacts};
 use crate::load::Load;
 use crate::pgtool::sql;
+use crate::run;
 use crate::sync::{self, BaselineRun, mean};
 use crate::table::{self, Table, secs};
 
@@ -83,108 +84,39 @@ pub async fn command(args: ForkArgs) -> Result<()> {
     if !understudy::pg::os_user::running_as_root() {
         bail!("the fork benchmark loop-mounts btrfs and xfs filesystems: run it as root");
     }
-    let base = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-bench-fork-{}", std::process::id())));
-    let base = std::path::absolute(&base).with_context(|| format!("resolving {}", base.display()))?;
-    if base.exists() {
-        bail!("{} exists: remove it or pass another --dir", base.display());
-    }
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("setting the mode of {}", base.display()))?;
-    }
-    let mut scales = vec![args.scale];
-    if args.also_4x {
-        scales.push(
-            args.scale
-                .checked_mul(args.scale_factor)
-                .context("--scale times --scale-factor is too large")?,
-        );
-    }
-
+    let base = run::make_base(args.dir.clone(), "fork")?;
+    let scales = run::scales(args.scale, args.scale_factor, args.also_4x)?;
     println!("# understudy-bench fork");
-    let mut reports: Vec<ScaleReport> = Vec::new();
-    let mut failure = None;
-    for (i, &scale) in scales.iter().enumerate() {
-        let mut lab = Lab::new(base.join(format!("scale-{scale}")))?;
+    let (reports, ended) = run::per_size(&base, &scales, async |lab: &mut Lab, rig: &mut Rig, scale, i| {
         if i == 0 {
-            print!("{}", setup_table(&args, &lab, &base).await.render());
+            print!("{}", setup_table(&args, lab, &base).await.render());
         }
-        let mut rig = Rig::default();
-        let outcome = tokio::select! {
-            outcome = run_scale(&args, &mut lab, &mut rig, scale) => outcome,
-            signal = tokio::signal::ctrl_c() => match signal {
-                Ok(()) => Err(anyhow::anyhow!("interrupted")),
-                Err(e) => Err(anyhow::Error::new(e).context("waiting for Ctrl-C")),
-            },
-        };
-        if let Err(e) = &outcome {
-            eprintln!("error: {e:#}");
-            eprintln!("cleaning up after the error ...");
-        }
-        let other_cpu = lab.noise.available().then(|| lab.noise.foreign_seconds());
-        let rig_cleanup = rig.finish().await;
-        let lab_cleanup = lab.finish(false).await;
-        match outcome {
-            Ok(mut report) => {
-                report.other_cpu = other_cpu;
-                print!("{}", report.runs_table().render());
-                print!("{}", report.dump_table(args.jobs).render());
-                print!("{}", report.strategy_table(args.jobs).render());
-                reports.push(report);
-            }
-            Err(e) => {
-                failure = Some(e);
-            }
-        }
-        for cleanup in [rig_cleanup, lab_cleanup] {
-            if let Err(e) = cleanup {
-                eprintln!("error: cleaning up: {e:#}");
-                failure.get_or_insert(e.context("cleaning up"));
-            }
-        }
-        if failure.is_some() {
-            break;
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(&base)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("note: could not remove {}: {e}", base.display());
-    }
+        let mut report = run_scale(&args, lab, rig, scale).await?;
+        report.other_cpu = lab.noise.available().then(|| lab.noise.foreign_seconds());
+        print!("{}", report.runs_table().render());
+        print!("{}", report.dump_table(args.jobs).render());
+        print!("{}", report.strategy_table(args.jobs).render());
+        Ok(report)
+    })
+    .await;
     if !reports.is_empty() {
         if reports.len() > 1 {
             print!("{}", flatness_table(&reports, args.jobs).render());
         }
         print!("{}", summary_table(&reports, args.jobs).render());
     }
-    match failure {
-        None => Ok(()),
-        Some(e) if reports.is_empty() => Err(e.context("the benchmark failed; everything was cleaned up")),
-        Some(e) => Err(e.context(format!(
-            "the benchmark failed after {} of {} data size(s) (their tables are above); everything was cleaned up",
-            reports.len(),
-            scales.len()
-        ))),
-    }
+    ended
 }
 
 async fn setup_table(args: &ForkArgs, lab: &Lab, base: &Path) -> Table {
-    let machine = Machine::describe(&lab.bins).await;
-    let mut setup = Table::new("Setup", &["item", "value"]);
-    setup.row(["machine", &machine.summary()]);
-    setup.row(["PostgreSQL", &machine.postgres]);
-    setup.row([
-        "command",
+    let mut setup = Machine::setup_table(
+        &lab.bins,
         &format!(
             "understudy-bench fork --scale {} --scale-factor {} --also-4x {} --repeat {} --rate {} --jobs {}",
             args.scale, args.scale_factor, args.also_4x, args.repeat, args.rate, args.jobs
         ),
-    ]);
+    )
+    .await;
     setup.row(["working directory", &base.display().to_string()]);
     setup.row([
         "load on the source during every measurement",

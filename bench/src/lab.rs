@@ -318,6 +318,16 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The "Setup" table every command opens with: this machine, PostgreSQL, and the command as run.
+    pub async fn setup_table(bins: &PgBinaries, command: &str) -> crate::table::Table {
+        let machine = Machine::describe(bins).await;
+        let mut setup = crate::table::Table::new("Setup", &["item", "value"]);
+        setup.row(["machine", &machine.summary()]);
+        setup.row(["PostgreSQL", &machine.postgres]);
+        setup.row(["command", command]);
+        setup
+    }
+
     pub async fn describe(bins: &PgBinaries) -> Self {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -72,12 +72,13 @@ mod lag;
 mod load;
 mod noise;
 mod pgtool;
+mod run;
 mod sync;
 mod table;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::lab::Lab;
@@ -247,35 +248,15 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("understudy-bench-{}", std::process::id())));
     let mut lab = Lab::new(root)?;
-    let outcome = tokio::select! {
-        outcome = run_sync(&args, &mut lab) => outcome,
-        signal = tokio::signal::ctrl_c() => match signal {
-            Ok(()) => Err(anyhow::anyhow!("interrupted")),
-            Err(e) => Err(anyhow::Error::new(e).context("waiting for Ctrl-C")),
-        },
-    };
-    if let Err(e) = &outcome {
-        eprintln!("error: {e:#}");
-        eprintln!("cleaning up after the error ...");
-    }
+    let outcome = run::interruptible(run_sync(&args, &mut lab)).await;
     let cleanup = lab.finish(args.keep).await;
-    match (outcome, cleanup) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Ok(()), Err(e)) => Err(e.context("the benchmark ran, but cleaning up failed")),
-        // The error was printed above; exit non-zero with a short line.
-        (Err(_), Ok(())) => bail!("the benchmark failed (see above); everything was cleaned up"),
-        (Err(_), Err(e)) => Err(e.context("the benchmark failed (see above) and cleaning up failed")),
-    }
+    run::conclude(outcome, cleanup)
 }
 
 async fn run_sync(args: &SyncArgs, lab: &mut Lab) -> Result<()> {
-    let machine = lab::Machine::describe(&lab.bins).await;
     println!("# understudy-bench sync");
-    let mut setup = Table::new("Setup", &["item", "value"]);
-    setup.row(["machine", &machine.summary()]);
-    setup.row(["PostgreSQL", &machine.postgres]);
-    setup.row([
-        "command",
+    let mut setup = lab::Machine::setup_table(
+        &lab.bins,
         &format!(
             "understudy-bench sync --scale {} --repeat {} --jobs {} --sustain-seconds {} --lag-seconds {}{}",
             args.scale,
@@ -285,7 +266,8 @@ async fn run_sync(args: &SyncArgs, lab: &mut Lab) -> Result<()> {
             args.lag_seconds,
             args.rate.map(|r| format!(" --rate {r}")).unwrap_or_default()
         ),
-    ]);
+    )
+    .await;
     setup.row(["working directory", &lab.root.display().to_string()]);
 
     let source = lab.prepare_source(args.scale).await?;
