@@ -478,3 +478,38 @@ async fn twin_comparison_hashes_only_what_changed_since_the_fork_point() {
     let t = cmp("public.t", t_cols.clone()).await;
     assert_eq!(t.differing_rows, 20000, "{t:?}");
 }
+
+/// When a migration changes every row of a large table, the differing rows are counted in one scan per side up
+/// to a budget (200,000 rows), and beyond it the count is a lower bound marked as such; below it, exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_changed_is_counted_in_one_scan_within_a_budget() {
+    use understudy::verify::data;
+    let root = TempRoot::new("vbig");
+    let server = understudy::demo::source::SourceServer::start(&root.path().join("pg"), "a", &[])
+        .await
+        .expect("server");
+    let admin = server.cluster.connect("postgres").await.expect("admin");
+    admin.batch_execute("CREATE DATABASE b").await.expect("db b");
+    let a = server.cluster.connect("a").await.expect("a");
+    let b = server.cluster.connect("b").await.expect("b");
+    for c in [&a, &b] {
+        c.batch_execute(
+            "CREATE TABLE small (id int PRIMARY KEY, email text); \
+             INSERT INTO small SELECT g, 'User' || g || '@Example.com' FROM generate_series(1, 5000) g; \
+             CREATE TABLE big (id bigint PRIMARY KEY, email text); \
+             INSERT INTO big SELECT g, 'User' || g || '@Example.com' FROM generate_series(1, 300000) g;",
+        )
+        .await
+        .expect("tables");
+    }
+    a.batch_execute("UPDATE small SET email = lower(email); UPDATE big SET email = lower(email)")
+        .await
+        .expect("lower");
+    let cols: Vec<String> = ["id", "email"].iter().map(|s| s.to_string()).collect();
+    let small = data::compare(&a, &b, "public.small", &cols).await.expect("small");
+    assert_eq!((small.differing_rows, small.exact), (5000, true), "{small:?}");
+    let big = data::compare(&a, &b, "public.big", &cols).await.expect("big");
+    assert!(!big.exact, "{big:?}");
+    assert!(big.differing_rows >= 150_000 && big.differing_rows < 300_000, "{big:?}");
+    assert_eq!(big.sample_keys.len(), 5);
+}

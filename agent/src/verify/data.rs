@@ -10,8 +10,9 @@ use tokio_postgres::Client;
 use crate::pg::{PgError, quote_ident};
 
 const BUCKETS: i32 = 256;
-/// Differing buckets fetched row by row to name keys and count rows exactly.
-const MAX_BUCKETS_FETCHED: usize = 256;
+/// Rows of differing buckets fetched at most per side (in one scan) to name keys and count differing rows; beyond
+/// it the count covers the buckets fetched and is a lower bound (`exact: false`).
+const ROW_BUDGET: i64 = 200_000;
 
 /// How one table compares.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -230,26 +231,31 @@ async fn summary(client: &Client, table: &str, shape: &Shape, since: u32) -> Res
     grouped(client, table, &sql, &[]).await
 }
 
+/// The rows of `buckets`, in one scan: key → the rows' hashes (several when a keyless table repeats a row).
 async fn bucket_rows(
     client: &Client,
     table: &str,
     shape: &Shape,
-    bucket: i32,
+    buckets: &[i32],
 ) -> Result<BTreeMap<String, Vec<String>>, PgError> {
     let sql = format!(
-        "SELECT {k}, {r} FROM {t} t WHERE {b} = $1",
+        "SELECT {k}, {r} FROM {t} t WHERE {b} = ANY($1)",
         k = key_expr(shape),
         b = shape.bucket(),
         r = row_expr(&shape.columns),
         t = qualified(table)
     );
+    let buckets = buckets.to_vec();
     let rows = client
-        .query(&sql, &[&bucket])
+        .query(&sql, &[&buckets])
         .await
         .map_err(PgError::sql(format!("reading {table}")))?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rows {
         out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    for hashes in out.values_mut() {
+        hashes.sort();
     }
     Ok(out)
 }
@@ -401,27 +407,40 @@ pub async fn compare_cached(
         sample_keys: Vec::new(),
         exact: true,
     };
-    if differing.len() > MAX_BUCKETS_FETCHED {
-        out.exact = false;
-    }
-    for bucket in differing.iter().take(MAX_BUCKETS_FETCHED) {
-        let (ra, rb) = tokio::try_join!(
-            bucket_rows(a, table, &shape, *bucket),
-            bucket_rows(b, table, &shape, *bucket)
-        )?;
-        for (k, va) in &ra {
-            if rb.get(k) != Some(va) {
-                out.differing_rows += 1;
-                if out.sample_keys.len() < 5 {
-                    out.sample_keys.push(k.clone());
-                }
-            }
+    // The differing buckets that fit the row budget (at least one), fetched in one scan per side.
+    let rows_in = |i: &i32| {
+        let count = |c: &Buckets| c.get(i).map_or(0, |v| v.0);
+        count(&ca).max(count(&cb))
+    };
+    let mut fetch = Vec::new();
+    let mut budget = 0;
+    for bucket in &differing {
+        let n = rows_in(bucket);
+        if !fetch.is_empty() && budget + n > ROW_BUDGET {
+            out.exact = false;
+            break;
         }
-        for k in rb.keys().filter(|k| !ra.contains_key(*k)) {
+        budget += n;
+        fetch.push(*bucket);
+    }
+    if !fetch.is_empty() {
+        let (ra, rb) = tokio::try_join!(
+            bucket_rows(a, table, &shape, &fetch),
+            bucket_rows(b, table, &shape, &fetch)
+        )?;
+        let mut differ = |k: &String| {
             out.differing_rows += 1;
             if out.sample_keys.len() < 5 {
                 out.sample_keys.push(k.clone());
             }
+        };
+        for (k, va) in &ra {
+            if rb.get(k) != Some(va) {
+                differ(k);
+            }
+        }
+        for k in rb.keys().filter(|k| !ra.contains_key(*k)) {
+            differ(k);
         }
     }
     Ok(out)
