@@ -574,7 +574,10 @@ async fn copy_one(sandbox: &SandboxMeta, admin: &Client, meta: &mut ForkMeta, di
                 .query("SELECT pg_backup_start('understudy-fork', true)", &[])
                 .await
                 .map_err(PgError::sql("starting the backup window"))?;
-            let copied = copy_dir(src, &dst, reflink).await;
+            // Everything but the WAL now; the WAL once the backup window has ended (it must reach the backup's
+            // end), so that it is copied once.
+            let owner = crate::pg::os_user::RunAs::detect()?;
+            let copied = copy_dir_without_wal(src, &dst, reflink, &owner).await;
             let stopped = admin
                 .query_one("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)", &[])
                 .await
@@ -583,10 +586,7 @@ async fn copy_one(sandbox: &SandboxMeta, admin: &Client, meta: &mut ForkMeta, di
             let row = stopped?;
             let label: String = row.get(0);
             let spcmap: String = row.get(1);
-            // The WAL written during the copy, up to the backup's end, must be in the fork.
-            let wal = dst.join("pg_wal");
-            std::fs::remove_dir_all(&wal).map_err(io("replacing the fork's pg_wal"))?;
-            copy_dir(&src.join("pg_wal"), &wal, reflink).await?;
+            copy_dir(&src.join("pg_wal"), &dst.join("pg_wal"), reflink).await?;
             std::fs::write(dst.join("backup_label"), label).map_err(io("writing backup_label"))?;
             if !spcmap.is_empty() {
                 std::fs::write(dst.join("tablespace_map"), spcmap).map_err(io("writing tablespace_map"))?;
@@ -648,6 +648,32 @@ async fn copy_dir(src: &Path, dst: &Path, reflink: bool) -> Result<(), ForkError
     // GNU cp 9 reflinks by default where it can: say which copy is wanted.
     cmd.arg(if reflink { "--reflink=always" } else { "--reflink=never" });
     cmd.arg(src).arg(dst);
+    run(if reflink { "cp --reflink=always" } else { "cp -a" }, &mut cmd).await
+}
+
+/// Copies the data directory `src` into `dst` (created here with the server's owner and mode 0700), all but
+/// `pg_wal`.
+async fn copy_dir_without_wal(
+    src: &Path,
+    dst: &Path,
+    reflink: bool,
+    owner: &crate::pg::os_user::RunAs,
+) -> Result<(), ForkError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(dst).map_err(io(format!("creating {}", dst.display())))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("setting the mode of {}", dst.display())))?;
+    owner.own(dst)?;
+    let entries: Vec<PathBuf> = std::fs::read_dir(src)
+        .map_err(io(format!("reading {}", src.display())))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "pg_wal")
+        .map(|e| e.path())
+        .collect();
+    let mut cmd = tokio::process::Command::new("cp");
+    cmd.arg("-a");
+    cmd.arg(if reflink { "--reflink=always" } else { "--reflink=never" });
+    cmd.arg("-t").arg(dst).args(&entries);
     run(if reflink { "cp --reflink=always" } else { "cp -a" }, &mut cmd).await
 }
 
