@@ -384,6 +384,19 @@ async fn table_comparison_is_exact_and_order_independent() {
     let mut keys = changed.sample_keys.clone();
     keys.sort();
     assert_eq!(keys, vec!["(1)", "(3)", "(7)"]);
+    // The same scan says which column differs in which rows.
+    let by_column: Vec<(String, i64, Vec<String>)> = changed
+        .columns
+        .iter()
+        .map(|c| (c.column.clone(), c.rows, c.sample_keys.clone()))
+        .collect();
+    assert_eq!(
+        by_column,
+        vec![
+            ("amount".to_string(), 2, vec!["(1)".to_string(), "(3)".to_string()]),
+            ("email".to_string(), 1, vec!["(7)".to_string()]),
+        ]
+    );
     // A table without a key compares as a multiset of rows: {x, x, y} against {x, x, z, z}, then against
     // {y, z, z} (the same row count).
     let log = data::compare(&a, &b, "public.log", &log_columns)
@@ -508,6 +521,11 @@ async fn every_row_changed_is_counted_in_one_scan_within_a_budget() {
     let cols: Vec<String> = ["id", "email"].iter().map(|s| s.to_string()).collect();
     let small = data::compare(&a, &b, "public.small", &cols).await.expect("small");
     assert_eq!((small.differing_rows, small.exact), (5000, true), "{small:?}");
+    assert_eq!(small.columns.len(), 1, "{:?}", small.columns);
+    assert_eq!(
+        (small.columns[0].column.as_str(), small.columns[0].rows),
+        ("email", 5000)
+    );
     let big = data::compare(&a, &b, "public.big", &cols).await.expect("big");
     assert!(!big.exact, "{big:?}");
     assert!(big.differing_rows >= 150_000 && big.differing_rows < 300_000, "{big:?}");

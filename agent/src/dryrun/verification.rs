@@ -159,20 +159,15 @@ pub async fn rollback(
         if whole.differing_rows == 0 && whole.rows_a == whole.rows_b {
             continue;
         }
-        // Name the columns that were not restored.
+        // Name the columns that were not restored (counted in the same scan that found the rows).
         let key = data::primary_key(b, table).await?;
-        for column in columns.iter().filter(|c| !key.contains(c)) {
-            let mut cols = key.clone();
-            cols.push(column.clone());
-            let c = data::compare(a, b, table, &cols).await?;
-            if c.differing_rows > 0 {
-                r.lossy_columns.push(LossyColumn {
-                    table: table.clone(),
-                    column: column.clone(),
-                    values_not_restored: c.differing_rows,
-                    sample_keys: c.sample_keys,
-                });
-            }
+        for c in whole.columns.iter().filter(|c| !key.contains(&c.column)) {
+            r.lossy_columns.push(LossyColumn {
+                table: table.clone(),
+                column: c.column.clone(),
+                values_not_restored: c.rows,
+                sample_keys: c.sample_keys.clone(),
+            });
         }
     }
     Ok(r)

@@ -25,7 +25,22 @@ pub struct TableComparison {
     pub sample_keys: Vec<String>,
     /// True when every differing bucket was fetched, so `differing_rows` is exact.
     pub exact: bool,
+    /// Per compared column: the rows whose value in it differs, counting rows on one side only (within what was
+    /// fetched; a lower bound unless `exact`). Only columns with differences.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<ColumnDifference>,
 }
+
+/// The rows of a table that differ in one column.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ColumnDifference {
+    pub column: String,
+    pub rows: i64,
+    pub sample_keys: Vec<String>,
+}
+
+/// A fetched row: the hash of the whole row and of each compared column (in order).
+type FetchedRow = (String, Vec<String>);
 
 /// The primary key columns of `table` (`schema.name`), or none.
 pub async fn primary_key(client: &Client, table: &str) -> Result<Vec<String>, PgError> {
@@ -231,18 +246,25 @@ async fn summary(client: &Client, table: &str, shape: &Shape, since: u32) -> Res
     grouped(client, table, &sql, &[]).await
 }
 
-/// The rows of `buckets`, in one scan: key → the rows' hashes (several when a keyless table repeats a row).
+/// The rows of `buckets`, in one scan: key → the rows (several when a keyless table repeats a row), each as the
+/// hash of the whole row and of each compared column.
 async fn bucket_rows(
     client: &Client,
     table: &str,
     shape: &Shape,
     buckets: &[i32],
-) -> Result<BTreeMap<String, Vec<String>>, PgError> {
+) -> Result<BTreeMap<String, Vec<FetchedRow>>, PgError> {
+    let per_column: Vec<String> = shape
+        .columns
+        .iter()
+        .map(|c| format!("coalesce(md5(t.{}::text), 'NULL')", quote_ident(c)))
+        .collect();
     let sql = format!(
-        "SELECT {k}, {r} FROM {t} t WHERE {b} = ANY($1)",
+        "SELECT {k}, {r}, ARRAY[{c}]::text[] FROM {t} t WHERE {b} = ANY($1)",
         k = key_expr(shape),
         b = shape.bucket(),
         r = row_expr(&shape.columns),
+        c = per_column.join(", "),
         t = qualified(table)
     );
     let buckets = buckets.to_vec();
@@ -250,12 +272,12 @@ async fn bucket_rows(
         .query(&sql, &[&buckets])
         .await
         .map_err(PgError::sql(format!("reading {table}")))?;
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<FetchedRow>> = BTreeMap::new();
     for r in rows {
-        out.entry(r.get(0)).or_default().push(r.get(1));
+        out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
     }
-    for hashes in out.values_mut() {
-        hashes.sort();
+    for fetched in out.values_mut() {
+        fetched.sort();
     }
     Ok(out)
 }
@@ -406,6 +428,7 @@ pub async fn compare_cached(
         differing_rows: 0,
         sample_keys: Vec::new(),
         exact: true,
+        columns: Vec::new(),
     };
     // The differing buckets that fit the row budget (at least one), fetched in one scan per side.
     let rows_in = |i: &i32| {
@@ -428,20 +451,51 @@ pub async fn compare_cached(
             bucket_rows(a, table, &shape, &fetch),
             bucket_rows(b, table, &shape, &fetch)
         )?;
-        let mut differ = |k: &String| {
+        let mut columns: Vec<ColumnDifference> = shape
+            .columns
+            .iter()
+            .map(|c| ColumnDifference {
+                column: c.clone(),
+                rows: 0,
+                sample_keys: Vec::new(),
+            })
+            .collect();
+        let count = |column: &mut ColumnDifference, k: &String| {
+            column.rows += 1;
+            if column.sample_keys.len() < 5 {
+                column.sample_keys.push(k.clone());
+            }
+        };
+        for (k, va) in &ra {
+            let vb = rb.get(k);
+            if vb == Some(va) {
+                continue;
+            }
             out.differing_rows += 1;
             if out.sample_keys.len() < 5 {
                 out.sample_keys.push(k.clone());
             }
-        };
-        for (k, va) in &ra {
-            if rb.get(k) != Some(va) {
-                differ(k);
+            match (va.as_slice(), vb.map(Vec::as_slice)) {
+                // One row per key on both sides: the columns that differ.
+                ([(_, ca)], Some([(_, cb)])) => {
+                    for (i, column) in columns.iter_mut().enumerate() {
+                        if ca.get(i) != cb.get(i) {
+                            count(column, k);
+                        }
+                    }
+                }
+                // On one side only (or repeated rows of a keyless table): every column.
+                _ => columns.iter_mut().for_each(|column| count(column, k)),
             }
         }
         for k in rb.keys().filter(|k| !ra.contains_key(*k)) {
-            differ(k);
+            out.differing_rows += 1;
+            if out.sample_keys.len() < 5 {
+                out.sample_keys.push(k.clone());
+            }
+            columns.iter_mut().for_each(|column| count(column, k));
         }
+        out.columns = columns.into_iter().filter(|c| c.rows > 0).collect();
     }
     Ok(out)
 }
