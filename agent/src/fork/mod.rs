@@ -429,46 +429,63 @@ async fn build(
     let _ = admin.query("SELECT pg_advisory_unlock($1)", &[&PAUSE_LOCK]).await;
     copied?;
     resumed?;
-    for (meta, dir) in set.iter_mut() {
-        meta.timings.pause_ms = pause_ms;
-        meta.timings.prepare_ms = prepare_ms;
-        say(&format!(
-            "fork point {} (capture slot {}); sandbox apply paused {pause_ms} ms",
-            meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
-            meta.capture_slot,
-        ));
-        meta.save(dir)?;
-        let start = Instant::now();
-        let fork_client = match meta.own_cluster()? {
-            Some(cluster) => {
-                let cluster = Cluster::adopt(
-                    cluster.binaries().clone(),
-                    cluster.run_as().clone(),
-                    cluster.config().clone(),
-                )?;
-                cluster.start().await?;
-                let c = cluster.connect(&meta.database).await?;
-                detach(&c).await?;
-                c
-            }
-            None => {
-                let c = crate::pg::connect::connect_plain(&meta.conninfo(sandbox), "understudy-fork").await?;
-                c.batch_execute(&format!(
-                    "DROP PUBLICATION IF EXISTS {}",
-                    quote_ident(CAPTURE_PUBLICATION)
-                ))
-                .await
-                .map_err(PgError::sql("dropping the capture publication in the fork"))?;
-                c
-            }
-        };
-        bump_sequences(&fork_client).await?;
-        meta.timings.start_ms = start.elapsed().as_millis() as u64;
-        say(&format!(
-            "fork {} ready (copy {} ms, start and detach {} ms)",
-            meta.name, meta.timings.copy_ms, meta.timings.start_ms
-        ));
-    }
+    // Twins start at once: each is its own server.
+    futures_util::future::try_join_all(
+        set.iter_mut()
+            .map(|(meta, dir)| start_one(sandbox, meta, dir, pause_ms, prepare_ms, say)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts a fork made in the pause and detaches it: a server of its own started and scrubbed, or (template) the
+/// capture publication dropped from its database; sequences moved past the sandbox's.
+async fn start_one(
+    sandbox: &SandboxMeta,
+    meta: &mut ForkMeta,
+    dir: &Path,
+    pause_ms: u64,
+    prepare_ms: u64,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), ForkError> {
+    meta.timings.pause_ms = pause_ms;
+    meta.timings.prepare_ms = prepare_ms;
+    say(&format!(
+        "fork point {} (capture slot {}); sandbox apply paused {pause_ms} ms",
+        meta.lsn.map(|l| l.to_string()).unwrap_or_default(),
+        meta.capture_slot,
+    ));
+    meta.save(dir)?;
+    let start = Instant::now();
+    let fork_client = match meta.own_cluster()? {
+        Some(cluster) => {
+            let cluster = Cluster::adopt(
+                cluster.binaries().clone(),
+                cluster.run_as().clone(),
+                cluster.config().clone(),
+            )?;
+            cluster.start().await?;
+            let c = cluster.connect(&meta.database).await?;
+            detach(&c).await?;
+            c
+        }
+        None => {
+            let c = crate::pg::connect::connect_plain(&meta.conninfo(sandbox), "understudy-fork").await?;
+            c.batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(CAPTURE_PUBLICATION)
+            ))
+            .await
+            .map_err(PgError::sql("dropping the capture publication in the fork"))?;
+            c
+        }
+    };
+    bump_sequences(&fork_client).await?;
+    meta.timings.start_ms = start.elapsed().as_millis() as u64;
+    say(&format!(
+        "fork {} ready (copy {} ms, start and detach {} ms)",
+        meta.name, meta.timings.copy_ms, meta.timings.start_ms
+    ));
     Ok(())
 }
 
