@@ -583,9 +583,10 @@ async fn measure(
             ));
         }
         let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
+        let a_nulls = connect_plain(&fork_conninfo, "understudy-verify").await?;
         let b = connect_plain(conninfo, "understudy-verify").await?;
         let mut cache = crate::verify::data::ReferenceCache::default();
-        let v = verification::compare(&a, &b, &inputs.checks, upto.to_string(), since, &mut cache).await?;
+        let v = verification::compare(&a, &a_nulls, &b, &inputs.checks, upto.to_string(), since, &mut cache).await?;
         if let Some((down_file, down_plan)) = &inputs.down
             && outcome.ok
         {

@@ -76,45 +76,74 @@ fn base_type(definition: &str) -> &str {
         .unwrap_or(definition)
 }
 
-/// Compares the migrated fork (`a`) with the control twin (`b`).
+/// Compares the migrated fork (`a`) with the control twin (`b`). `a_nulls`, a second session on the migrated
+/// fork, counts the NULLs of a table's new columns while `a` compares it: PostgreSQL's synchronized scans let the
+/// two scans of the same table share its reads.
 pub async fn compare(
     a: &Client,
+    a_nulls: &Client,
     b: &Client,
     checks_file: &[(String, Statement)],
     at: String,
     since: Option<data::Since>,
     cache: &mut data::ReferenceCache,
 ) -> Result<Verification, PgError> {
-    let sa = SchemaSnapshot::read(a).await?;
-    let sb = SchemaSnapshot::read(b).await?;
+    let (sa, sb) = tokio::try_join!(SchemaSnapshot::read(a), SchemaSnapshot::read(b))?;
     let mut v = Verification {
         compared_at: at,
         schema_changes: SchemaSnapshot::diff(&sb, &sa),
         ..Verification::default()
+    };
+    // New (or changed) columns by table, with their definitions.
+    let mut new_columns: Vec<(String, String, String)> = v
+        .schema_changes
+        .iter()
+        .filter(|c| c.kind == "column" && c.change != "dropped")
+        .filter_map(|c| {
+            c.name
+                .rsplit_once('.')
+                .map(|(t, col)| (t.to_string(), col.to_string(), c.after.clone().unwrap_or_default()))
+        })
+        .collect();
+    let record = |v: &mut Verification, table: &str, of: &[(String, String, String)], counted: (Vec<i64>, i64)| {
+        for ((_, column, definition), nulls) in of.iter().zip(counted.0) {
+            v.new_columns.push(NewColumn {
+                table: table.to_string(),
+                column: column.clone(),
+                definition: definition.clone(),
+                nulls,
+                rows: counted.1,
+            });
+        }
     };
     for table in sb.tables().iter().filter(|t| sa.tables().contains(t)) {
         let columns = common_columns(&sa, &sb, table);
         if columns.is_empty() {
             continue;
         }
-        v.tables
-            .push(data::compare_cached(a, b, table, &columns, since, cache).await?);
+        let (of, rest): (Vec<_>, Vec<_>) = new_columns.into_iter().partition(|(t, _, _)| t == table);
+        new_columns = rest;
+        let names: Vec<String> = of.iter().map(|(_, c, _)| c.clone()).collect();
+        let nulls = async {
+            if names.is_empty() {
+                Ok((Vec::new(), 0))
+            } else {
+                data::null_counts(a_nulls, table, &names).await
+            }
+        };
+        let (compared, counted) = tokio::try_join!(data::compare_cached(a, b, table, &columns, since, cache), nulls)?;
+        v.tables.push(compared);
+        record(&mut v, table, &of, counted);
     }
-    for change in v
-        .schema_changes
-        .iter()
-        .filter(|c| c.kind == "column" && c.change != "dropped")
-    {
-        if let Some((table, column)) = change.name.rsplit_once('.') {
-            let (nulls, rows) = data::null_count(a, table, column).await?;
-            v.new_columns.push(NewColumn {
-                table: table.to_string(),
-                column: column.to_string(),
-                definition: change.after.clone().unwrap_or_default(),
-                nulls,
-                rows,
-            });
-        }
+    // Columns of tables that were not compared (new tables).
+    let mut by_table: std::collections::BTreeMap<String, Vec<(String, String, String)>> = Default::default();
+    for c in new_columns {
+        by_table.entry(c.0.clone()).or_default().push(c);
+    }
+    for (table, of) in by_table {
+        let names: Vec<String> = of.iter().map(|(_, c, _)| c.clone()).collect();
+        let counted = data::null_counts(a, &table, &names).await?;
+        record(&mut v, &table, &of, counted);
     }
     v.checks = checks::run(a, b, checks_file).await;
     Ok(v)

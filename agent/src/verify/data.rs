@@ -500,18 +500,27 @@ pub async fn compare_cached(
     Ok(out)
 }
 
-/// `NULL`s in a column: (nulls, rows).
-pub async fn null_count(client: &Client, table: &str, column: &str) -> Result<(i64, i64), PgError> {
+/// `NULL`s in each of `columns`, in one scan: (nulls per column, rows).
+pub async fn null_counts(client: &Client, table: &str, columns: &[String]) -> Result<(Vec<i64>, i64), PgError> {
+    let filters: Vec<String> = columns
+        .iter()
+        .map(|c| format!("count(*) FILTER (WHERE {} IS NULL)", quote_ident(c)))
+        .collect();
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*) FILTER (WHERE {} IS NULL), count(*) FROM {}",
-                quote_ident(column),
+                "SELECT count(*), ARRAY[{}]::bigint[] FROM {}",
+                if filters.is_empty() {
+                    "NULL".to_string()
+                } else {
+                    filters.join(", ")
+                },
                 qualified(table)
             ),
             &[],
         )
         .await
-        .map_err(PgError::sql(format!("counting NULLs in {table}.{column}")))?;
-    Ok((row.get(0), row.get(1)))
+        .map_err(PgError::sql(format!("counting NULLs in {table}")))?;
+    let nulls: Vec<Option<i64>> = row.get(1);
+    Ok((nulls.into_iter().map(|n| n.unwrap_or(0)).collect(), row.get(0)))
 }
