@@ -359,11 +359,14 @@ fn key_number(r: &crate::dryrun::report::DryRunReport) -> String {
         return format!("{} replayed writes failed on the new schema", r.writes.failed);
     }
     if r.writes.blocked > 0 {
+        // The longest-held lock on a relation others can see: a relation the migration is creating (an index
+        // being built) shows as a bare OID, holds its lock exactly as long, and blocks nobody.
         let lock = r
             .migration
             .statements
             .iter()
             .flat_map(|s| s.locks.iter())
+            .filter(|l| l.relation.parse::<u32>().is_err())
             .max_by(|a, b| a.held_ms.total_cmp(&b.held_ms));
         return format!(
             "{} writes blocked, up to {:.2} s each{}",
