@@ -53,21 +53,6 @@ fn options(root: &TempRoot, sql: &str, fork_name: &str) -> DryRunOptions {
     }
 }
 
-async fn capture_slots(meta: &SandboxMeta) -> i64 {
-    let db = sandbox::cluster_of(meta)
-        .expect("cluster")
-        .connect("shop")
-        .await
-        .expect("sandbox");
-    db.query_one(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'understudy_capture%'",
-        &[],
-    )
-    .await
-    .expect("slots")
-    .get(0)
-}
-
 /// Waits for the dry-run's fork to be ready and returns it.
 async fn ready_fork(state: &StateDir) -> fork::ForkMeta {
     loop {

@@ -109,6 +109,23 @@ async fn exact_fork_point(state: StateDir, strategy: Option<Strategy>, expected:
             .expect("show")
             .get(0);
         assert_eq!((subs, slots, workers.as_str()), (0, 0, "0"));
+        // A fork keeps long checkpoint intervals (nothing timed disturbs a dry-run); its sandbox checkpoints
+        // every 30 s, which keeps a fork's CHECKPOINT short whatever the size.
+        let fork_interval: String = fork_db
+            .query_one("SHOW checkpoint_timeout", &[])
+            .await
+            .expect("show")
+            .get(0);
+        let sandbox_interval: String = sandbox::cluster_of(&sandbox_meta)
+            .expect("cluster")
+            .connect("shop")
+            .await
+            .expect("sandbox")
+            .query_one("SHOW checkpoint_timeout", &[])
+            .await
+            .expect("show")
+            .get(0);
+        assert_eq!((fork_interval.as_str(), sandbox_interval.as_str()), ("15min", "30s"));
     }
 
     // The capture slot on the sandbox: its first insert into orders is not in the fork but is in the sandbox.
@@ -199,15 +216,7 @@ async fn exact_fork_point(state: StateDir, strategy: Option<Strategy>, expected:
     // Delete removes the fork and its capture slot.
     drop(fork_db);
     fork::delete(&state, &meta.name).await.expect("delete fork");
-    let capture_slots: i64 = sandbox_db
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'understudy_capture%'",
-            &[],
-        )
-        .await
-        .expect("slots")
-        .get(0);
-    assert_eq!(capture_slots, 0);
+    assert_eq!(capture_slots(&sandbox_meta).await, 0);
     assert!(fork::list(&state).is_empty());
     sandbox::delete(&state, &sandbox_meta.name, None, false)
         .await
@@ -256,21 +265,6 @@ fn assert_refused_cleanly(err: &ForkError, state: &StateDir, fragment: &str) {
         .map(|e| e.path())
         .collect();
     assert!(leftovers.is_empty(), "directories left behind: {leftovers:?}");
-}
-
-async fn capture_slots(meta: &SandboxMeta) -> i64 {
-    let cluster = sandbox::cluster_of(meta).expect("cluster");
-    let db = match cluster.connect(&meta.database).await {
-        Ok(db) => db,
-        Err(e) => panic!("sandbox: {e}\n{}", cluster.log_tail(30)),
-    };
-    db.query_one(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'understudy_capture%'",
-        &[],
-    )
-    .await
-    .expect("slots")
-    .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,3 +144,39 @@ async fn delete_with_source_after_the_whole_sandbox_directory_is_gone() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("dropped slot understudy_rmall"));
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
 }
+
+/// A create that fails after its slot exists on the source (here: the state directory's filesystem fills up
+/// during the load, which runs beside the server start, the schema dump and the slot creation) reports the
+/// failure and leaves nothing: no slot on the source, no sandbox directory, no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_failing_after_its_slot_exists_leaves_nothing_behind() {
+    let root = TempRoot::new("fullcreate");
+    let Some(mount) = LoopMount::new(root.path(), "ext4", 120) else {
+        return;
+    };
+    let source = sample_source(&root, 1_000_000).await;
+    let admin = source.admin().await.expect("admin");
+    let bytes: i64 = admin
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .expect("size")
+        .get(0);
+    assert!(
+        bytes > 120 << 20,
+        "the source must not fit the 120 MiB filesystem: {bytes}"
+    );
+    let mut opts = create_options(&root, &source, "full", Replicate::Publication("shop_pub".into()));
+    opts.state_dir = mount.state();
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let say = |line: &str| said.lock().expect("lines").push(line.to_string());
+    let err = sandbox::create(&opts, &say).await.expect_err("the load cannot fit");
+    let lines = said.lock().expect("lines").join("\n");
+    assert!(
+        lines.contains("created slot understudy_full"),
+        "the failure must come after the slot exists: {lines}"
+    );
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(our_objects(&source).await, (vec![], vec![]));
+    assert!(!opts.state_dir.sandbox_dir(&opts.name).exists());
+    assert!(understudy::pg::cluster::postmasters_under(mount.dir.as_path()).is_empty());
+}

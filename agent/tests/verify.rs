@@ -10,7 +10,6 @@ use understudy::demo::writer::Writer;
 use understudy::dryrun::report::{DryRunReport, Severity, Verdict};
 use understudy::dryrun::{self, DryRunOptions, Thresholds};
 use understudy::fork;
-use understudy::pg::connect::connect_plain;
 use understudy::sandbox::{self, StateDir};
 use understudy::source::{Replicate, SandboxName};
 
@@ -307,21 +306,45 @@ async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
     assert_clean(&state);
 
     writer.stop().await.expect("writer");
-    let db = sandbox::cluster_of(&meta)
-        .expect("cluster")
-        .connect("shop")
+    assert_eq!(capture_slots(&meta).await, 0);
+}
+
+/// Two databases `a` and `b` on one embedded server, each given `setup`; with `twin`, `b` is a copy of `a`
+/// (`CREATE DATABASE … TEMPLATE`: the same row versions, as twins forked at one point have).
+async fn two_databases(
+    label: &str,
+    setup: &str,
+    twin: bool,
+) -> (
+    TempRoot,
+    understudy::demo::source::SourceServer,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+) {
+    let root = TempRoot::new(label);
+    let server = understudy::demo::source::SourceServer::start(&root.path().join("pg"), "a", &[])
         .await
-        .expect("sandbox");
-    let slots: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'understudy_capture%'",
-            &[],
-        )
-        .await
-        .expect("slots")
-        .get(0);
-    assert_eq!(slots, 0);
-    let _ = connect_plain;
+        .expect("server");
+    let a = server.cluster.connect("a").await.expect("a");
+    a.batch_execute(setup).await.expect("setup a");
+    drop(a);
+    let admin = server.cluster.connect("postgres").await.expect("admin");
+    let create = if twin {
+        "CREATE DATABASE b TEMPLATE a"
+    } else {
+        "CREATE DATABASE b"
+    };
+    admin.batch_execute(create).await.expect("database b");
+    let b = server.cluster.connect("b").await.expect("b");
+    if !twin {
+        b.batch_execute(setup).await.expect("setup b");
+    }
+    let a = server.cluster.connect("a").await.expect("a");
+    (root, server, a, b)
+}
+
+fn names(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|s| s.to_string()).collect()
 }
 
 /// The table comparison behind verification: the same rows in another physical order compare equal; values the
@@ -330,23 +353,12 @@ async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_comparison_is_exact_and_order_independent() {
     use understudy::verify::data;
-    let root = TempRoot::new("vcmp");
-    let server = understudy::demo::source::SourceServer::start(&root.path().join("pg"), "a", &[])
-        .await
-        .expect("server");
-    let admin = server.cluster.connect("postgres").await.expect("admin");
-    admin.batch_execute("CREATE DATABASE b").await.expect("db b");
     let schema = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);\n\
                   CREATE TABLE t (id int PRIMARY KEY, amount numeric, email text COLLATE ci, at timestamptz);\n\
                   CREATE TABLE log (what text, n int);";
-    let a = server.cluster.connect("a").await.expect("a");
-    let b = server.cluster.connect("b").await.expect("b");
-    for c in [&a, &b] {
-        c.batch_execute(schema).await.expect("schema");
-    }
-    let columns = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let t_columns = columns(&["id", "amount", "email", "at"]);
-    let log_columns = columns(&["what", "n"]);
+    let (_root, _server, a, b) = two_databases("vcmp", schema, false).await;
+    let t_columns = names(&["id", "amount", "email", "at"]);
+    let log_columns = names(&["what", "n"]);
     a.batch_execute(
         "INSERT INTO t SELECT g, g * 1.5, 'user' || g || '@example.com', '2026-01-01'::timestamptz + g * interval '1 h' \
          FROM generate_series(1, 5000) g; INSERT INTO log VALUES ('x', 1), ('x', 1), ('y', 2);",
@@ -419,30 +431,20 @@ async fn table_comparison_is_exact_and_order_independent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twin_comparison_hashes_only_what_changed_since_the_fork_point() {
     use understudy::verify::data::{self, ReferenceCache, Since};
-    let root = TempRoot::new("vtwin");
-    let server = understudy::demo::source::SourceServer::start(&root.path().join("pg"), "a", &[])
-        .await
-        .expect("server");
-    let a = server.cluster.connect("a").await.expect("a");
-    a.batch_execute(
+    let (_root, _server, a, b) = two_databases(
+        "vtwin",
         "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric); CREATE TABLE log (what text, n int); \
          INSERT INTO t SELECT g, 'v' || g, g / 7.0 FROM generate_series(1, 20000) g; \
          INSERT INTO log SELECT 'x' || (g % 10), g % 3 FROM generate_series(1, 3000) g;",
+        true,
     )
-    .await
-    .expect("rows");
-    drop(a);
-    // The twin: a copy with the same row versions (same xmins), as a fork is.
-    let admin = server.cluster.connect("postgres").await.expect("admin");
-    admin.batch_execute("CREATE DATABASE b TEMPLATE a").await.expect("twin");
-    let a = server.cluster.connect("a").await.expect("a");
-    let b = server.cluster.connect("b").await.expect("b");
+    .await;
     let since = Since {
         a: data::next_xid(&a).await.expect("xid a"),
         b: data::next_xid(&b).await.expect("xid b"),
     };
-    let t_cols: Vec<String> = ["id", "v", "n"].iter().map(|s| s.to_string()).collect();
-    let log_cols: Vec<String> = ["what", "n"].iter().map(|s| s.to_string()).collect();
+    let t_cols = names(&["id", "v", "n"]);
+    let log_cols = names(&["what", "n"]);
     let cmp = |table: &'static str, cols: Vec<String>| {
         let (a, b) = (&a, &b);
         async move {
@@ -497,28 +499,19 @@ async fn twin_comparison_hashes_only_what_changed_since_the_fork_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_changed_is_counted_in_one_scan_within_a_budget() {
     use understudy::verify::data;
-    let root = TempRoot::new("vbig");
-    let server = understudy::demo::source::SourceServer::start(&root.path().join("pg"), "a", &[])
-        .await
-        .expect("server");
-    let admin = server.cluster.connect("postgres").await.expect("admin");
-    admin.batch_execute("CREATE DATABASE b").await.expect("db b");
-    let a = server.cluster.connect("a").await.expect("a");
-    let b = server.cluster.connect("b").await.expect("b");
-    for c in [&a, &b] {
-        c.batch_execute(
-            "CREATE TABLE small (id int PRIMARY KEY, email text); \
-             INSERT INTO small SELECT g, 'User' || g || '@Example.com' FROM generate_series(1, 5000) g; \
-             CREATE TABLE big (id bigint PRIMARY KEY, email text); \
-             INSERT INTO big SELECT g, 'User' || g || '@Example.com' FROM generate_series(1, 300000) g;",
-        )
-        .await
-        .expect("tables");
-    }
+    let (_root, _server, a, b) = two_databases(
+        "vbig",
+        "CREATE TABLE small (id int PRIMARY KEY, email text); \
+         INSERT INTO small SELECT g, 'User' || g || '@Example.com' FROM generate_series(1, 5000) g; \
+         CREATE TABLE big (id bigint PRIMARY KEY, email text); \
+         INSERT INTO big SELECT g, 'User' || g || '@Example.com' FROM generate_series(1, 300000) g;",
+        false,
+    )
+    .await;
     a.batch_execute("UPDATE small SET email = lower(email); UPDATE big SET email = lower(email)")
         .await
         .expect("lower");
-    let cols: Vec<String> = ["id", "email"].iter().map(|s| s.to_string()).collect();
+    let cols = names(&["id", "email"]);
     let small = data::compare(&a, &b, "public.small", &cols).await.expect("small");
     assert_eq!((small.differing_rows, small.exact), (5000, true), "{small:?}");
     assert_eq!(small.columns.len(), 1, "{:?}", small.columns);

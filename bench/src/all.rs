@@ -30,7 +30,7 @@ use crate::fork::{self, Rig, ScaleReport};
 use crate::lab::{Lab, Machine};
 use crate::sync::{self, SyncReport};
 use crate::table::{self, Table, secs};
-use crate::{AllArgs, ForkArgs, SyncArgs, run};
+use crate::{AllArgs, ForkArgs, Sizes, SyncArgs, run};
 
 /// Everything measured at one data size.
 struct Size {
@@ -46,7 +46,7 @@ pub async fn command(args: AllArgs) -> Result<()> {
         bail!("the benchmark loop-mounts btrfs and xfs filesystems for the forks: run it as root");
     }
     let base = run::make_base(args.dir.clone(), "all")?;
-    let scales = run::scales(args.scale, args.scale_factor, args.also_4x)?;
+    let scales = args.sizes.scales()?;
     println!("# understudy-bench all");
     let (sizes, ended) = run::per_size(&base, &scales, async |lab: &mut Lab, rig: &mut Rig, scale, i| {
         if i == 0 {
@@ -67,10 +67,10 @@ async fn setup_table(args: &AllArgs, lab: &Lab) -> Table {
         &format!(
             "understudy-bench all --scale {} --scale-factor {} --also-4x {} --repeat {} --fork-rate {} \
              --dryrun-rate {} --window-seconds {} --jobs {}",
-            args.scale,
-            args.scale_factor,
-            args.also_4x,
-            args.repeat,
+            args.sizes.scale,
+            args.sizes.scale_factor,
+            args.sizes.also_4x,
+            args.sizes.repeat,
             args.fork_rate,
             args.dryrun_rate,
             args.window_seconds,
@@ -93,7 +93,7 @@ async fn run_size(args: &AllArgs, lab: &mut Lab, rig: &mut Rig, scale: u32) -> R
     eprintln!("== {label}: 1. initial sync ==");
     let sync_args = SyncArgs {
         scale,
-        repeat: args.repeat,
+        repeat: args.sizes.repeat,
         jobs: args.jobs,
         sustain_seconds: 1,
         lag_seconds: 1,
@@ -108,10 +108,11 @@ async fn run_size(args: &AllArgs, lab: &mut Lab, rig: &mut Rig, scale: u32) -> R
 
     eprintln!("== {label}: 2. forks ==");
     let fork_args = ForkArgs {
-        scale,
-        scale_factor: args.scale_factor,
-        also_4x: false,
-        repeat: args.repeat,
+        sizes: Sizes {
+            scale,
+            also_4x: false,
+            ..args.sizes.clone()
+        },
         rate: args.fork_rate,
         jobs: args.jobs,
         dir: None,

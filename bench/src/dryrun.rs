@@ -33,8 +33,8 @@ use anyhow::{Context, Result, bail};
 use understudy::dryrun::report::DryRunReport;
 use understudy::dryrun::{self, DryRunOptions, Thresholds};
 use understudy::pg::quote_ident;
-use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
-use understudy::source::{Replicate, SandboxName};
+use understudy::sandbox::{self, SandboxMeta, StateDir};
+use understudy::source::SandboxName;
 
 use crate::DryRunArgs;
 use crate::lab::{self, Lab, Machine};
@@ -95,15 +95,7 @@ async fn run(args: &DryRunArgs, lab: &mut Lab) -> Result<()> {
     lab.start_baseline_cluster().await?;
 
     let state = lab.sandbox_state();
-    let opts = CreateOptions {
-        name: SandboxName::parse(lab::SANDBOX)?,
-        source: lab.source()?.replicator_conninfo(),
-        replicate: Replicate::Publication(lab::PUBLICATION.into()),
-        state_dir: state.clone(),
-        jobs: args.jobs as usize,
-        wal_budget_bytes: 8 << 30,
-        progress: false,
-    };
+    let opts = lab.create_options(SandboxName::parse(lab::SANDBOX)?, state.clone(), args.jobs)?;
     eprintln!("creating the sandbox ...");
     let say = |line: &str| eprintln!("    {line}");
     let started = Instant::now();
@@ -517,7 +509,6 @@ async fn manual_workflow(lab: &Lab, jobs: u32, up: &Path, check: &Path, down: &P
     let database = "manual";
     let admin = cluster.connect("postgres").await?;
     let dump_dir = lab.root.join("dump-manual");
-    let jobs = format!("--jobs={jobs}");
     let source = lab.source()?.replicator_conninfo();
 
     let started = Instant::now();
@@ -528,22 +519,11 @@ async fn manual_workflow(lab: &Lab, jobs: u32, up: &Path, check: &Path, down: &P
     let createdb = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut dump = pgtool::command(&lab.bins, "pg_dump");
-    dump.args(["--format=directory", &jobs, "--no-publications", "--no-subscriptions"])
-        .arg("--file")
-        .arg(&dump_dir);
-    pgtool::connect_to(&mut dump, &source);
-    pgtool::run(dump, "pg_dump").await?;
+    pgtool::dump_directory(&lab.bins, &source, jobs, &dump_dir).await?;
     let dumped = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut restore = pgtool::command(&lab.bins, "pg_restore");
-    restore
-        .args([&jobs, "--exit-on-error", "--no-owner", "--no-privileges"])
-        .arg("--dbname")
-        .arg(cluster.conninfo(database))
-        .arg(&dump_dir);
-    pgtool::run(restore, "pg_restore").await?;
+    pgtool::restore_directory(&lab.bins, &cluster.conninfo(database), jobs, &dump_dir).await?;
     let restored = started.elapsed().as_secs_f64();
 
     let psql = |file: &Path| {

@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use understudy::fork::{self, ForkOptions, ForkTimings, Strategy};
 use understudy::pg::connect::connect_plain;
-use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
-use understudy::source::{Replicate, SandboxName};
+use understudy::sandbox::{self, SandboxMeta, StateDir};
+use understudy::source::SandboxName;
 
 use crate::ForkArgs;
 use crate::lab::{self, Counts, Lab, Machine, SourceFacts};
@@ -67,8 +67,6 @@ use crate::table::{self, Table, secs};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
-/// The longest a sandbox may take to apply a backlog before the bench gives up.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// The order strategies are measured in within a round (reversed every other round).
 pub const ORDER: [Strategy; 4] = [
     Strategy::BtrfsSnapshot,
@@ -85,7 +83,7 @@ pub async fn command(args: ForkArgs) -> Result<()> {
         bail!("the fork benchmark loop-mounts btrfs and xfs filesystems: run it as root");
     }
     let base = run::make_base(args.dir.clone(), "fork")?;
-    let scales = run::scales(args.scale, args.scale_factor, args.also_4x)?;
+    let scales = args.sizes.scales()?;
     println!("# understudy-bench fork");
     let (reports, ended) = run::per_size(&base, &scales, async |lab: &mut Lab, rig: &mut Rig, scale, i| {
         if i == 0 {
@@ -113,7 +111,7 @@ async fn setup_table(args: &ForkArgs, lab: &Lab, base: &Path) -> Table {
         &lab.bins,
         &format!(
             "understudy-bench fork --scale {} --scale-factor {} --also-4x {} --repeat {} --rate {} --jobs {}",
-            args.scale, args.scale_factor, args.also_4x, args.repeat, args.rate, args.jobs
+            args.sizes.scale, args.sizes.scale_factor, args.sizes.also_4x, args.sizes.repeat, args.rate, args.jobs
         ),
     )
     .await;
@@ -400,15 +398,7 @@ pub async fn measure(
             meta: None,
         });
         eprintln!("creating sandbox {name} on {fs} ...");
-        let opts = CreateOptions {
-            name,
-            source: lab.source()?.replicator_conninfo(),
-            replicate: Replicate::Publication(lab::PUBLICATION.into()),
-            state_dir: state,
-            jobs: args.jobs as usize,
-            wal_budget_bytes: 64 << 30,
-            progress: false,
-        };
+        let opts = lab.create_options(name, state, args.jobs)?;
         let say = |line: &str| eprintln!("    {line}");
         let started = Instant::now();
         let meta = sandbox::create(&opts, &say)
@@ -434,7 +424,7 @@ pub async fn measure(
 
     let mut forks = Vec::new();
     let mut dumps = Vec::new();
-    for round in 0..args.repeat {
+    for round in 0..args.sizes.repeat {
         let mut steps: Vec<Option<Strategy>> = ORDER.iter().copied().map(Some).chain([None]).collect();
         if round % 2 == 1 {
             steps.reverse();
@@ -447,7 +437,11 @@ pub async fn measure(
                     let run = fork_once(lab, rig, strategy, scale, round, &facts.counts).await?;
                     eprintln!(
                         "{}× round {}: {} fork ready in {} (pause {} ms, copy {} ms, start {} ms)",
-                        if scale == args.scale { 1 } else { args.scale_factor },
+                        if scale == args.sizes.scale {
+                            1
+                        } else {
+                            args.sizes.scale_factor
+                        },
                         round + 1,
                         strategy.as_str(),
                         secs(run.seconds),
@@ -525,39 +519,11 @@ async fn settle(lab: &Lab, rig: &Rig) -> Result<()> {
 /// Writes a heartbeat on the source and waits until the sandbox shows it; returns the seconds that took. The
 /// connection to the sandbox is closed afterwards (a template fork needs the sandbox's database to itself).
 async fn catch_up(lab: &Lab, meta: &SandboxMeta) -> Result<f64> {
-    let started = Instant::now();
-    let admin = lab.source()?.admin().await?;
-    let mark: f64 = admin
-        .query_one(
-            "UPDATE bench_heartbeat SET at = clock_timestamp() WHERE id = 1 \
-             RETURNING extract(epoch FROM at)::float8",
-            &[],
-        )
-        .await
-        .map_err(sql("writing a heartbeat on the source"))?
-        .try_get(0)?;
+    let source = lab.source()?.admin().await?;
     let sandbox_db = sandbox::cluster_of(meta)?.connect(&meta.database).await?;
-    loop {
-        let seen: f64 = sandbox_db
-            .query_one(
-                "SELECT extract(epoch FROM at)::float8 FROM bench_heartbeat WHERE id = 1",
-                &[],
-            )
-            .await
-            .map_err(sql("reading the heartbeat on the sandbox"))?
-            .try_get(0)?;
-        if seen >= mark {
-            return Ok(started.elapsed().as_secs_f64());
-        }
-        if started.elapsed() > CATCH_UP_TIMEOUT {
-            bail!(
-                "sandbox {} did not apply a heartbeat within {CATCH_UP_TIMEOUT:?} (it shows one {:.1} s older)",
-                meta.name,
-                mark - seen
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::lag::catch_up(&source, &sandbox_db)
+        .await
+        .with_context(|| format!("sandbox {}", meta.name))
 }
 
 async fn fork_once(

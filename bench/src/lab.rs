@@ -9,8 +9,8 @@ use understudy::demo::source::SourceServer;
 use understudy::pg::cluster::{Cluster, free_port};
 use understudy::pg::os_user::RunAs;
 use understudy::pg::{PgBinaries, quote_ident};
-use understudy::sandbox::{self, StateDir};
-use understudy::source::{SandboxName, objects};
+use understudy::sandbox::{self, CreateOptions, StateDir};
+use understudy::source::{Replicate, SandboxName, objects};
 
 use crate::noise::Noise;
 use crate::pgtool::{self, sql};
@@ -65,6 +65,20 @@ impl SourceFacts {
 }
 
 impl Lab {
+    /// What a bench sandbox of the source is created with: the publication, the least-privilege role over TCP,
+    /// `jobs` copy workers, and a WAL budget no bench run reaches.
+    pub fn create_options(&self, name: SandboxName, state_dir: StateDir, jobs: u32) -> Result<CreateOptions> {
+        Ok(CreateOptions {
+            name,
+            source: self.source()?.replicator_conninfo(),
+            replicate: Replicate::Publication(PUBLICATION.into()),
+            state_dir,
+            jobs: jobs as usize,
+            wal_budget_bytes: 64 << 30,
+            progress: false,
+        })
+    }
+
     /// Creates the working directory `root` (which must not exist), traversable by the servers' OS user.
     pub fn new(root: PathBuf) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;

@@ -225,8 +225,8 @@ async fn sample(client: Client, epoch: tokio::time::Instant, stop: Arc<AtomicBoo
 }
 
 /// Writes a heartbeat on the source and waits until the sandbox shows it (or a later one): everything committed
-/// on the source before it has then been applied.
-async fn catch_up(source: &Client, sandbox: &Client) -> Result<()> {
+/// on the source before it has then been applied. Returns the seconds that took.
+pub async fn catch_up(source: &Client, sandbox: &Client) -> Result<f64> {
     let mark: f64 = source
         .query_one(
             "UPDATE bench_heartbeat SET at = clock_timestamp() WHERE id = 1 \
@@ -247,7 +247,7 @@ async fn catch_up(source: &Client, sandbox: &Client) -> Result<()> {
             .map_err(sql("reading the heartbeat on the sandbox"))?
             .try_get(0)?;
         if seen >= mark {
-            return Ok(());
+            return Ok(started.elapsed().as_secs_f64());
         }
         if started.elapsed() > CATCH_UP_TIMEOUT {
             bail!(

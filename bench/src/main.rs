@@ -110,9 +110,9 @@ enum Command {
     All(AllArgs),
 }
 
-/// Options of `understudy-bench all` (method: the doc comment of `bench/src/all.rs`).
+/// The data sizes of the multi-size commands (`fork`, `all`) and the rounds measured at each.
 #[derive(Debug, Clone, Args)]
-pub struct AllArgs {
+pub struct Sizes {
     /// pgbench scale factor of the source at 1× (100,000 pgbench_accounts rows each).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub scale: u32,
@@ -122,9 +122,31 @@ pub struct AllArgs {
     /// Also measure at --scale × --scale-factor (`--also-4x false` for a run at 1× only).
     #[arg(long = "also-4x", default_value_t = true, action = clap::ArgAction::Set)]
     pub also_4x: bool,
-    /// Measured rounds of each initial-sync method, and of each fork strategy and dump + restore, per data size.
+    /// Measured rounds of each method (sync method, fork strategy, dump + restore) per data size.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+}
+
+impl Sizes {
+    /// `--scale`, and `--scale` × `--scale-factor` unless `--also-4x false`.
+    pub fn scales(&self) -> anyhow::Result<Vec<u32>> {
+        let mut scales = vec![self.scale];
+        if self.also_4x {
+            scales.push(
+                self.scale
+                    .checked_mul(self.scale_factor)
+                    .ok_or_else(|| anyhow::anyhow!("--scale times --scale-factor is too large"))?,
+            );
+        }
+        Ok(scales)
+    }
+}
+
+/// Options of `understudy-bench all` (method: the doc comment of `bench/src/all.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// pgbench -R of the load on the source while forks are measured.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub fork_rate: u32,
@@ -163,18 +185,8 @@ pub struct DryRunArgs {
 /// Options of `understudy-bench fork` (method: the doc comment of `bench/src/fork.rs`).
 #[derive(Debug, Clone, Args)]
 pub struct ForkArgs {
-    /// pgbench scale factor of the source at 1× (100,000 pgbench_accounts rows each).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub scale: u32,
-    /// The larger data size, as a multiple of --scale.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
-    pub scale_factor: u32,
-    /// Also measure at --scale × --scale-factor (`--also-4x false` for a quick run at 1× only).
-    #[arg(long = "also-4x", default_value_t = true, action = clap::ArgAction::Set)]
-    pub also_4x: bool,
-    /// How many times each strategy and the dump + restore baseline are measured, per data size.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub repeat: u32,
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// pgbench -R (transactions per second) of the load on the source during every measurement.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,

@@ -94,6 +94,37 @@ pub fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> 
     move |e| anyhow::anyhow!("{context}: {}", understudy::pg::describe(&e))
 }
 
+/// `pg_dump -Fd -j<jobs>` of `source` (no publications or subscriptions) into the directory `dir`.
+pub async fn dump_directory(bins: &PgBinaries, source: &ConnInfo, jobs: u32, dir: &std::path::Path) -> Result<()> {
+    let mut dump = command(bins, "pg_dump");
+    dump.args([
+        "--format=directory",
+        &format!("--jobs={jobs}"),
+        "--no-publications",
+        "--no-subscriptions",
+    ])
+    .arg("--file")
+    .arg(dir);
+    connect_to(&mut dump, source);
+    run(dump, "pg_dump").await.map(drop)
+}
+
+/// `pg_restore -j<jobs> --exit-on-error --no-owner --no-privileges` of the directory `dir` into `conninfo`.
+pub async fn restore_directory(bins: &PgBinaries, conninfo: &str, jobs: u32, dir: &std::path::Path) -> Result<()> {
+    let mut restore = command(bins, "pg_restore");
+    restore
+        .args([
+            &format!("--jobs={jobs}"),
+            "--exit-on-error",
+            "--no-owner",
+            "--no-privileges",
+        ])
+        .arg("--dbname")
+        .arg(conninfo)
+        .arg(dir);
+    run(restore, "pg_restore").await.map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

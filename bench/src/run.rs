@@ -52,19 +52,6 @@ pub fn make_base(dir: Option<PathBuf>, what: &str) -> Result<PathBuf> {
     Ok(base)
 }
 
-/// `--scale`, and `--scale` × `factor` when `also` (the 4× size).
-pub fn scales(scale: u32, factor: u32, also: bool) -> Result<Vec<u32>> {
-    let mut scales = vec![scale];
-    if also {
-        scales.push(
-            scale
-                .checked_mul(factor)
-                .context("--scale times --scale-factor is too large")?,
-        );
-    }
-    Ok(scales)
-}
-
 /// Runs `measure` once per data size on a fresh lab (under `base/scale-N`) and rig, cleaning both up after each
 /// size, also after an error or Ctrl-C, and stopping at the first failure; then removes `base` and says how the
 /// whole run ended. Returns what the sizes measured (those before a failure too) and the error, if any.

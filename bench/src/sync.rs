@@ -5,8 +5,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use understudy::pg::quote_ident;
 use understudy::sandbox::state::InitialCopy;
-use understudy::sandbox::{self, CreateOptions, SandboxMeta};
-use understudy::source::{Replicate, SandboxName};
+use understudy::sandbox::{self, SandboxMeta};
+use understudy::source::SandboxName;
 
 use crate::SyncArgs;
 use crate::lab::{self, Counts, Lab};
@@ -108,15 +108,7 @@ async fn sandbox_run(
     kept: &mut Option<SandboxMeta>,
 ) -> Result<SandboxRun> {
     let state = lab.sandbox_state();
-    let opts = CreateOptions {
-        name: SandboxName::parse(lab::SANDBOX)?,
-        source: lab.source()?.replicator_conninfo(),
-        replicate: Replicate::Publication(lab::PUBLICATION.into()),
-        state_dir: state.clone(),
-        jobs: args.jobs as usize,
-        wal_budget_bytes: 8 << 30,
-        progress: false,
-    };
+    let opts = lab.create_options(SandboxName::parse(lab::SANDBOX)?, state.clone(), args.jobs)?;
     eprintln!("{label}: sandbox create (jobs {}) ...", args.jobs);
     let say = |line: &str| eprintln!("    {line}");
     let other_before = lab.noise.foreign_seconds();
@@ -169,26 +161,14 @@ pub async fn dump_restore(lab: &Lab, jobs: u32, tag: &str, expected: &Counts, gr
         .map_err(sql("creating the baseline's database"))?;
     let dump_dir = lab.root.join(format!("dump{tag}"));
     let source = lab.source()?.replicator_conninfo();
-    let jobs = format!("--jobs={jobs}");
 
     let other_before = lab.noise.foreign_seconds();
     let started = Instant::now();
-    let mut dump = pgtool::command(&lab.bins, "pg_dump");
-    dump.args(["--format=directory", &jobs, "--no-publications", "--no-subscriptions"])
-        .arg("--file")
-        .arg(&dump_dir);
-    pgtool::connect_to(&mut dump, &source);
-    pgtool::run(dump, "pg_dump").await?;
+    pgtool::dump_directory(&lab.bins, &source, jobs, &dump_dir).await?;
     let dumped = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut restore = pgtool::command(&lab.bins, "pg_restore");
-    restore
-        .args([&jobs, "--exit-on-error", "--no-owner", "--no-privileges"])
-        .arg("--dbname")
-        .arg(cluster.conninfo(&database))
-        .arg(&dump_dir);
-    pgtool::run(restore, "pg_restore").await?;
+    pgtool::restore_directory(&lab.bins, &cluster.conninfo(&database), jobs, &dump_dir).await?;
     let restored = started.elapsed().as_secs_f64();
     let other_cpu = lab.noise.foreign_seconds() - other_before;
 

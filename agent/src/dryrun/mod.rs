@@ -231,14 +231,16 @@ async fn measure(
     // Where each twin's own changes begin, read before anything writes on them: verification hashes only what
     // changed since.
     let control_conninfo = control.map(|c| c.conninfo(&sandbox));
-    let since = match &control_conninfo {
+    // The sessions stay open (idle) for the comparison.
+    let verifiers = match &control_conninfo {
         Some(conninfo) => {
             let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
             let b = connect_plain(conninfo, "understudy-verify").await?;
-            Some(crate::verify::data::Since {
+            let since = crate::verify::data::Since {
                 a: crate::verify::data::next_xid(&a).await?,
                 b: crate::verify::data::next_xid(&b).await?,
-            })
+            };
+            Some((a, b, since))
         }
         None => None,
     };
@@ -548,7 +550,8 @@ async fn measure(
         .collect();
     let mut verification_report = None;
     let mut rollback = verification::Rollback::default();
-    if let (Some(conninfo), Some(control_records)) = (&control_conninfo, &control_records) {
+    if let (Some((a, b, since)), Some(control_records)) = (&verifiers, &control_records) {
+        let since = Some(*since);
         say("comparing the migrated fork with its control twin");
         let control_failed = control_records.iter().filter(|r| r.failure.is_some()).count();
         if control_failed > 0 {
@@ -582,17 +585,15 @@ async fn measure(
                 "run the dry-run again; report this with the JSON report",
             ));
         }
-        let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
         let a_nulls = connect_plain(&fork_conninfo, "understudy-verify").await?;
-        let b = connect_plain(conninfo, "understudy-verify").await?;
         let mut cache = crate::verify::data::ReferenceCache::default();
-        let v = verification::compare(&a, &a_nulls, &b, &inputs.checks, upto.to_string(), since, &mut cache).await?;
+        let v = verification::compare(a, &a_nulls, b, &inputs.checks, upto.to_string(), since, &mut cache).await?;
         if let Some((down_file, down_plan)) = &inputs.down
             && outcome.ok
         {
             say(&format!("running {down_file} on the migrated fork (rollback proof)"));
             rollback =
-                verification::rollback(&a, &b, down_file, down_plan, opts.statement_timeout, since, &mut cache).await?;
+                verification::rollback(a, b, down_file, down_plan, opts.statement_timeout, since, &mut cache).await?;
         }
         findings.extend(verification::findings(&v, &rollback, inputs.down.is_some(), outcome.ok));
         verification_report = Some(v);

@@ -184,18 +184,16 @@ impl Shape {
     }
 }
 
-/// Runs `sql` with sorting switched off: the planner cannot know there are only 256 buckets and would sort the
-/// whole table to group it.
-async fn grouped(client: &Client, table: &str, sql: &str, buckets: &[i32]) -> Result<Buckets, PgError> {
+/// Runs `sql` (with `buckets` as `$1` when given) with sorting switched off: the planner cannot know there are
+/// only 256 buckets and would sort the whole table to group it.
+async fn grouped(client: &Client, table: &str, sql: &str, buckets: Option<&[i32]>) -> Result<Buckets, PgError> {
     client
         .batch_execute("BEGIN READ ONLY; SET LOCAL enable_sort = off")
         .await
         .map_err(PgError::sql(format!("checksumming {table}")))?;
-    let buckets = buckets.to_vec();
-    let rows = if sql.contains("$1") {
-        client.query(sql, &[&buckets]).await
-    } else {
-        client.query(sql, &[]).await
+    let rows = match buckets {
+        Some(b) => client.query(sql, &[&b.to_vec()]).await,
+        None => client.query(sql, &[]).await,
     };
     let end = client
         .batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" })
@@ -222,7 +220,7 @@ async fn content(client: &Client, table: &str, shape: &Shape, only: Option<&[i32
             String::new()
         }
     );
-    grouped(client, table, &sql, only.unwrap_or_default()).await
+    grouped(client, table, &sql, only).await
 }
 
 /// Per bucket, in one cheap scan: the row count and key-hash aggregate of all rows, and the same plus the content
@@ -243,7 +241,7 @@ async fn summary(client: &Client, table: &str, shape: &Shape, since: u32) -> Res
         r = hashable_row(&shape.columns, &shape.types),
         t = qualified(table),
     );
-    grouped(client, table, &sql, &[]).await
+    grouped(client, table, &sql, None).await
 }
 
 /// The rows of `buckets`, in one scan: key → the rows (several when a keyless table repeats a row), each as the

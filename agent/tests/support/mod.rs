@@ -116,6 +116,22 @@ pub async fn assert_parity(source: &SourceServer, meta: &SandboxMeta, tables: &[
     assert!(a.iter().all(|c| c.rows > 0), "tables must not be empty: {a:?}");
 }
 
+/// Capture slots left on a sandbox (one per live fork).
+pub async fn capture_slots(meta: &SandboxMeta) -> i64 {
+    let cluster = sandbox::cluster_of(meta).expect("cluster");
+    let db = match cluster.connect(&meta.database).await {
+        Ok(db) => db,
+        Err(e) => panic!("sandbox: {e}\n{}", cluster.log_tail(30)),
+    };
+    db.query_one(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'understudy_capture%'",
+        &[],
+    )
+    .await
+    .expect("slots")
+    .get(0)
+}
+
 /// Slots and publications of ours (`understudy_%`) on the source.
 pub async fn our_objects(source: &SourceServer) -> (Vec<String>, Vec<String>) {
     let admin = source.admin().await.expect("source admin");
