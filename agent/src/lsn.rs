@@ -52,6 +52,18 @@ impl<'de> Deserialize<'de> for Lsn {
     }
 }
 
+impl utoipa::PartialSchema for Lsn {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9A-F]{1,8}/[0-9A-F]{1,8}$"))
+            .description(Some("A WAL position, as PostgreSQL writes it (X/Y in hexadecimal)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Lsn {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

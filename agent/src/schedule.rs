@@ -2,7 +2,6 @@
 //! match of a cron expression (`--cron "0 2 * * 1-5"`, the same syntax the operator's resources use), so that the
 //! rehearsal meets the same traffic as the real run.
 
-use std::io::{IsTerminal, Write};
 use std::str::FromStr;
 
 use croner::Cron;
@@ -113,32 +112,17 @@ impl Schedule {
     }
 }
 
-/// Waits until `target`, drawing a countdown on a terminal (one line otherwise).
+/// Waits until `target` (checking the clock every second, so that a suspended machine or a changed clock does
+/// not oversleep).
 pub async fn wait_until(target: &Zoned) {
-    let tty = std::io::stderr().is_terminal();
-    if !tty {
-        eprintln!("waiting until {target}");
-    }
     loop {
-        let now = Zoned::now();
-        let left = target.timestamp().as_second() - now.timestamp().as_second();
-        if target.timestamp() <= now.timestamp() {
-            break;
+        let now = jiff::Timestamp::now();
+        if target.timestamp() <= now {
+            return;
         }
-        if tty {
-            eprint!(
-                "\r\x1b[2Kwaiting until {target}: {:02}:{:02}:{:02}",
-                left / 3600,
-                (left % 3600) / 60,
-                left % 60
-            );
-            let _ = std::io::stderr().flush();
-        }
-        let step = std::time::Duration::from_millis(if left > 1 { 1000 } else { 100 });
-        tokio::time::sleep(step).await;
-    }
-    if tty {
-        eprintln!();
+        let left = target.timestamp().as_millisecond() - now.as_millisecond();
+        let step = u64::try_from(left.clamp(1, 1000)).unwrap_or(1000);
+        tokio::time::sleep(std::time::Duration::from_millis(step)).await;
     }
 }
 

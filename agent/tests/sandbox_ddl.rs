@@ -2,13 +2,11 @@
 //! once, a new table added to the publication, a new index; a change it will not apply by itself is shown as
 //! drift and the sandbox reports degraded.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use support::*;
-use understudy::demo::writer::Writer;
+use fixtures::harness::*;
+use fixtures::writer::Writer;
 use understudy::pg::QualifiedName;
 use understudy::sandbox::{self, SandboxState, follow};
 use understudy::source::Replicate;
@@ -69,7 +67,11 @@ async fn additive_ddl_under_writes_is_followed_with_no_lost_rows() {
         .expect("sandbox");
     eventually(Duration::from_secs(60), "the new table's initial copy", || async {
         let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
-        st.tables.len() == 4 && st.tables.iter().all(|t| t.state == "ready")
+        st.tables.len() == 4
+            && st
+                .tables
+                .iter()
+                .all(|t| t.state == understudy::sandbox::TableSyncState::Ready)
     })
     .await;
     wait_caught_up(&source, &meta).await;

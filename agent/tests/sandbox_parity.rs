@@ -1,12 +1,10 @@
 //! A sandbox created while the source is being written equals the source, table by table, after the initial
 //! copy and after a period of concurrent writes; status reports it ready; delete leaves nothing on the source.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
-use understudy::demo::writer::Writer;
+use fixtures::harness::*;
+use fixtures::writer::Writer;
 use understudy::pg::QualifiedName;
 use understudy::sandbox::{self, SandboxState};
 use understudy::source::Replicate;
@@ -35,8 +33,14 @@ async fn copy_under_writes_then_streaming_keeps_parity() {
     assert_eq!(st.state, SandboxState::Ready, "reasons: {:?}", st.reasons);
     assert!(st.apply_worker_running);
     assert_eq!(st.tables.len(), 3);
-    assert!(st.tables.iter().all(|t| t.state == "ready"), "{:?}", st.tables);
-    assert_eq!(st.wal_status.as_deref(), Some("reserved"));
+    assert!(
+        st.tables
+            .iter()
+            .all(|t| t.state == understudy::sandbox::TableSyncState::Ready),
+        "{:?}",
+        st.tables
+    );
+    assert_eq!(st.wal_status, Some(understudy::source::objects::WalStatus::Reserved));
     assert!(st.retained_wal_bytes.is_some());
     assert!(st.drift.is_empty(), "{:?}", st.drift);
     let json = serde_json::to_value(&st).expect("json");

@@ -1,52 +1,11 @@
 //! TLS to the source: libpq's sslmode semantics for the agent's own connections, pg_dump/psql and the
 //! subscription; a source that refuses plain connections; a wrong root certificate is refused with nothing left.
 
-mod support;
-
-use std::path::Path;
-
-use support::*;
-use understudy::demo::source::SourceServer;
-use understudy::demo::writer::Writer;
+use fixtures::harness::*;
+use fixtures::source::SourceServer;
+use fixtures::writer::Writer;
 use understudy::sandbox;
 use understudy::source::Replicate;
-
-fn self_signed(dir: &Path, name: &str) -> (String, String) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-        ])
-        .arg("subjectAltName=IP:127.0.0.1,DNS:localhost")
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    if understudy::pg::os_user::running_as_root()
-        && let understudy::pg::os_user::RunAs::User { .. } = understudy::pg::os_user::RunAs::detect().expect("run as")
-    {
-        let run_as = understudy::pg::os_user::RunAs::detect().expect("run as");
-        run_as.own(&key).expect("own key");
-        run_as.own(&cert).expect("own cert");
-    }
-    (cert.display().to_string(), key.display().to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_source_with_require_and_verify_full() {
@@ -55,8 +14,10 @@ async fn a_tls_only_source_with_require_and_verify_full() {
     std::fs::create_dir_all(&certs).expect("certs dir");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let (cert, key) = self_signed(&certs, "server");
-    let (other_cert, _) = self_signed(&certs, "other");
+    let (ca, cert, key) = ca_and_server_cert(&certs);
+    let other = certs.join("other");
+    std::fs::create_dir_all(&other).expect("other dir");
+    let (other_ca, _, _) = ca_and_server_cert(&other);
     let source = SourceServer::start(
         &root.path().join("source"),
         "shop",
@@ -94,7 +55,7 @@ async fn a_tls_only_source_with_require_and_verify_full() {
     // A root certificate that did not sign the server's: refused before anything is created.
     let mut opts = create_options(&root, &source, "wrongca", Replicate::Publication("shop_pub".into()));
     opts.source.set("sslmode", "verify-full");
-    opts.source.set("sslrootcert", &other_cert);
+    opts.source.set("sslrootcert", &other_ca);
     let err = sandbox::create(&opts, &quiet).await.expect_err("wrong CA");
     assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
@@ -102,7 +63,7 @@ async fn a_tls_only_source_with_require_and_verify_full() {
     // verify-full with the right root: the agent, pg_dump, psql and the subscription all use TLS.
     let mut opts = create_options(&root, &source, "secure", Replicate::Publication("shop_pub".into()));
     opts.source.set("sslmode", "verify-full");
-    opts.source.set("sslrootcert", &cert);
+    opts.source.set("sslrootcert", &ca);
     let writer = Writer::start(source.admin().await.expect("writer"), 200);
     let meta = sandbox::create(&opts, &quiet).await.expect("create over TLS");
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use understudy::dryrun::report::DryRunReport;
-use understudy::dryrun::{self, DryRunOptions, Thresholds};
+use understudy::dryrun::{self, DryRunOptions, MigrationText, Progress, RunPhase};
 use understudy::pg::quote_ident;
+use understudy::report::{DryRunReport, Thresholds};
 use understudy::sandbox::{self, SandboxMeta, StateDir};
 use understudy::source::SandboxName;
 
@@ -343,10 +343,16 @@ fn options(
     fork: &str,
     window: Duration,
 ) -> Result<DryRunOptions> {
+    let text = |path: PathBuf| -> Result<MigrationText> {
+        Ok(MigrationText {
+            sql: std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+            name: path.display().to_string(),
+        })
+    };
     Ok(DryRunOptions {
         sandbox: meta.name.clone(),
-        up,
-        down,
+        up: text(up)?,
+        down: down.map(text).transpose()?,
         checks: None,
         verify,
         single_transaction: false,
@@ -361,25 +367,43 @@ fn options(
         sample_interval: Duration::from_millis(20),
         thresholds: Thresholds::default(),
         long_readers: Vec::new(),
+        max_sandbox_lag: Duration::from_secs(60),
     })
+}
+
+/// Progress lines with the time since the run began (where a dry-run's time goes), and when replay started.
+struct Timed {
+    started: Instant,
+    replay_started: Mutex<Option<Instant>>,
+}
+
+impl Progress for Timed {
+    fn phase(&self, phase: RunPhase) {
+        if phase == RunPhase::Replaying
+            && let Ok(mut at) = self.replay_started.lock()
+        {
+            *at = Some(Instant::now());
+        }
+    }
+
+    fn say(&self, line: &str) {
+        eprintln!("    [{:6.2} s] {line}", self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Runs a dry-run; returns its report, its wall time and when the library said it started replaying.
 async fn dry_run(state: &StateDir, opts: DryRunOptions) -> Result<(DryRunReport, f64, Option<Instant>)> {
-    let replay_started: Mutex<Option<Instant>> = Mutex::new(None);
-    let started = Instant::now();
-    // Each line carries the time since the call began: where a dry-run's time goes.
-    let say = |line: &str| {
-        if line.starts_with("replaying production's writes")
-            && let Ok(mut at) = replay_started.lock()
-        {
-            *at = Some(Instant::now());
-        }
-        eprintln!("    [{:6.2} s] {line}", started.elapsed().as_secs_f64());
+    let progress = Timed {
+        started: Instant::now(),
+        replay_started: Mutex::new(None),
     };
-    let report = dryrun::run(state, &opts, &say)
+    let schedule = understudy::schedule::Schedule::Now;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = dryrun::execute(state, &opts, &schedule, &progress, &cancel)
         .await
-        .with_context(|| format!("dry-run of {}", opts.up.display()))?;
+        .with_context(|| format!("dry-run of {}", opts.up.name))?;
+    let started = progress.started;
+    let replay_started = progress.replay_started;
     let wall = started.elapsed().as_secs_f64();
     let at = replay_started.lock().ok().and_then(|a| *a);
     eprintln!(

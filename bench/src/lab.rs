@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use understudy::demo::source::SourceServer;
+use fixtures::source::SourceServer;
 use understudy::pg::cluster::{Cluster, free_port};
 use understudy::pg::os_user::RunAs;
 use understudy::pg::{PgBinaries, quote_ident};

@@ -10,7 +10,7 @@
 //!
 //! # Setup
 //!
-//! A source cluster ([`understudy::demo::source::SourceServer`]: loopback TCP, scram passwords, the least-privilege
+//! A source cluster ([`fixtures::source::SourceServer`]: loopback TCP, scram passwords, the least-privilege
 //! role `understudy_replicator`) is loaded with `pgbench -i -s <scale>`. `pgbench_history` (no primary key) gets
 //! `REPLICA IDENTITY FULL`; a heartbeat table `bench_heartbeat(id int primary key, at timestamptz)` is added; all
 //! five tables are published as `bench_pub` and made readable by the replication role. Every table is read once

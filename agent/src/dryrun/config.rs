@@ -1,5 +1,6 @@
 //! The team's thresholds, from a TOML file (`--config`, or `.understudy.toml` in the working directory), each
-//! overridable on the command line.
+//! overridable on the command line or in an API request. Durations take the same grammar everywhere
+//! ([`crate::units`]).
 //!
 //! ```toml
 //! [thresholds]
@@ -11,37 +12,16 @@
 //! ```
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Thresholds;
-
-/// What an untested rollback does to the verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum RollbackPolicy {
-    Require,
-    #[default]
-    Warn,
-    Ignore,
-}
+use crate::report::verdict::ThresholdOverrides;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    thresholds: FileThresholds,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileThresholds {
-    max_failed_writes: Option<usize>,
-    max_blocked_writes: Option<usize>,
-    max_lock_wait: Option<String>,
-    max_duration: Option<String>,
-    rollback: Option<RollbackPolicy>,
+    thresholds: ThresholdOverrides,
 }
 
 /// A configuration file that cannot be used.
@@ -52,30 +32,14 @@ pub struct ConfigError {
     pub detail: String,
 }
 
-/// Parses `500ms`, `30s`, `10m`, `2h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 10m or 2h"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s, m, h, d)"
-            ));
-        }
-    })
+impl crate::error::Classify for ConfigError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
 }
 
-/// Thresholds from `path` on top of the defaults.
-pub fn load(path: &Path) -> Result<Thresholds, ConfigError> {
+/// The `[thresholds]` of the file at `path`.
+pub fn load(path: &Path) -> Result<ThresholdOverrides, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
@@ -84,57 +48,72 @@ pub fn load(path: &Path) -> Result<Thresholds, ConfigError> {
     parse(&text).map_err(|detail| ConfigError { file, detail })
 }
 
-/// Thresholds from TOML text on top of the defaults.
-pub fn parse(text: &str) -> Result<Thresholds, String> {
-    let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
-    let mut t = Thresholds::default();
-    let th = f.thresholds;
-    if let Some(v) = th.max_failed_writes {
-        t.max_failed_writes = v;
-    }
-    if let Some(v) = th.max_blocked_writes {
-        t.max_blocked_writes = v;
-    }
-    if let Some(v) = th.max_lock_wait {
-        t.max_lock_wait = parse_duration(&v).map_err(|e| format!("thresholds.max_lock_wait: {e}"))?;
-    }
-    if let Some(v) = th.max_duration {
-        t.max_duration = Some(parse_duration(&v).map_err(|e| format!("thresholds.max_duration: {e}"))?);
-    }
-    if let Some(v) = th.rollback {
-        t.rollback = v;
-    }
-    Ok(t)
+/// The `[thresholds]` of TOML text; an error names the key at fault (`thresholds.max_lock_wait: ...`).
+pub fn parse(text: &str) -> Result<ThresholdOverrides, String> {
+    let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    let f: File = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {message}")
+        }
+    })?;
+    Ok(f.thresholds)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::report::{RollbackPolicy, Thresholds};
 
     #[test]
     fn reads_every_threshold() {
-        let t = parse("[thresholds]\nmax_failed_writes = 3\nmax_blocked_writes = 10\nmax_lock_wait = \"250ms\"\nmax_duration = \"10m\"\nrollback = \"require\"\n")
-            .expect("valid");
+        let layer = parse(
+            "[thresholds]\nmax_failed_writes = 3\nmax_blocked_writes = 10\nmax_lock_wait = \"250ms\"\nmax_duration = \
+             \"10m\"\nrollback = \"require\"\n",
+        )
+        .expect("valid");
+        let t = Thresholds::default().with(&layer);
         assert_eq!(t.max_failed_writes, 3);
         assert_eq!(t.max_blocked_writes, 10);
-        assert_eq!(t.max_lock_wait, Duration::from_millis(250));
-        assert_eq!(t.max_duration, Some(Duration::from_secs(600)));
+        assert_eq!(t.max_lock_wait.get(), Duration::from_millis(250));
+        assert_eq!(t.max_duration.map(|d| d.get()), Some(Duration::from_secs(600)));
         assert_eq!(t.rollback, RollbackPolicy::Require);
-        assert_eq!(parse("").expect("empty").max_lock_wait, Duration::from_secs(1));
+        let empty = Thresholds::default().with(&parse("").expect("empty"));
+        assert_eq!(empty.max_lock_wait.get(), Duration::from_secs(1));
     }
 
     #[test]
     fn names_what_is_wrong() {
+        let bad = parse("[thresholds]\nmax_lock_wait = \"soon\"").expect_err("bad");
         assert!(
-            parse("[thresholds]\nmax_lock_wait = \"soon\"")
-                .expect_err("bad")
-                .contains("thresholds.max_lock_wait")
+            bad.starts_with("thresholds.max_lock_wait: ") && bad.contains("soon"),
+            "{bad}"
         );
+        let bare = parse("[thresholds]\nmax_lock_wait = \"5\"").expect_err("no unit");
+        assert!(bare.contains("no unit"), "{bare}");
         assert!(
             parse("[thresholds]\nmax_blocked = 1")
                 .expect_err("unknown")
                 .contains("max_blocked")
         );
         assert!(parse("[thresholds]\nrollback = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn later_layers_win_and_gaps_keep_the_layer_below() {
+        let file = parse("[thresholds]\nmax_blocked_writes = 10\nmax_lock_wait = \"2s\"").expect("file");
+        let cli = ThresholdOverrides {
+            max_lock_wait: Some("500ms".parse().expect("duration")),
+            ..ThresholdOverrides::default()
+        };
+        let t = Thresholds::default().with(&file).with(&cli);
+        assert_eq!(t.max_blocked_writes, 10);
+        assert_eq!(t.max_lock_wait.get(), Duration::from_millis(500));
     }
 }

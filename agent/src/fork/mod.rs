@@ -25,13 +25,11 @@ use crate::lsn::Lsn;
 use crate::pg::cluster::Cluster;
 use crate::pg::os_user::RunAs;
 use crate::pg::{ClusterConfig, PgBinaries, PgError, quote_ident, quote_literal};
-use crate::sandbox::{Phase, SandboxError, SandboxMeta, StateDir, cluster_of};
+use crate::sandbox::{PAUSE_LOCK, SandboxError, SandboxMeta, SandboxState, StateDir, cluster_of};
 use crate::source::SandboxName;
 
 /// The publication on every sandbox that capture slots decode.
 pub const CAPTURE_PUBLICATION: &str = "understudy_capture";
-/// Advisory lock key held on a sandbox while a fork pauses it (the follower skips its pass meanwhile).
-pub const PAUSE_LOCK: i64 = 0x756e_6465_7273_7475;
 
 /// Errors of fork operations.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +58,21 @@ pub enum ForkError {
     Corrupt(String),
 }
 
+impl crate::error::Classify for ForkError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ForkError::Sandbox(e) => e.kind(),
+            ForkError::Pg(e) => e.kind(),
+            ForkError::NotReady { .. } => ErrorKind::NotReady,
+            ForkError::Unsupported { .. } => ErrorKind::Invalid,
+            ForkError::NotFound(_) => ErrorKind::NotFound,
+            ForkError::Exists(_) => ErrorKind::Conflict,
+            ForkError::Command { .. } | ForkError::Io { .. } | ForkError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ForkError {
     let what = what.into();
     move |source| ForkError::Io { what, source }
@@ -71,6 +84,15 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ForkError {
 pub enum ForkPhase {
     Creating,
     Ready,
+}
+
+impl ForkPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForkPhase::Creating => "creating",
+            ForkPhase::Ready => "ready",
+        }
+    }
 }
 
 /// Timings of a fork's creation, in milliseconds.
@@ -240,7 +262,7 @@ async fn create_set(
         sandbox: opts.sandbox.to_string(),
         reason,
     };
-    if sandbox.phase != Phase::Ready {
+    if sandbox.phase != SandboxState::Ready {
         return Err(not_ready(format!(
             "its phase is {:?}; see `understudy sandbox status {}`",
             sandbox.phase, opts.sandbox
@@ -249,7 +271,7 @@ async fn create_set(
     let sandbox_cluster = cluster_of(&sandbox)?;
     let client = sandbox_cluster.connect(&sandbox.database).await.map_err(|e| {
         not_ready(format!(
-            "its server does not accept connections ({e}); run `understudy sandbox watch`"
+            "its server does not accept connections ({e}); start the agent (`understudy agent start`), which restarts it"
         ))
     })?;
     let unsynced: i64 = client
@@ -623,16 +645,19 @@ async fn copy_one(sandbox: &SandboxMeta, admin: &Client, meta: &mut ForkMeta, di
                 quote_ident(&meta.database),
                 quote_ident(&sandbox.database)
             );
-            let mut attempts = 0;
+            let started = Instant::now();
             loop {
                 match admin.batch_execute(&sql).await {
                     Ok(()) => break,
-                    // 55006: the template is being accessed by other users (a session that is ending).
-                    Err(e) if e.code().is_some_and(|c| c.code() == "55006") && attempts < 40 => {
-                        attempts += 1;
-                        // After 2 s, end the other sessions on the sandbox's database (readers of ours or of a
-                        // person): the template copy needs it to itself, and the pause must stay short.
-                        if attempts >= 20 {
+                    // 55006: the template is being accessed by other users. PostgreSQL itself waits up to 5 s for
+                    // them to leave before it says so.
+                    Err(e)
+                        if e.code().is_some_and(|c| c.code() == "55006")
+                            && started.elapsed() < Duration::from_secs(30) =>
+                    {
+                        // Then end the other sessions on the sandbox's database (readers of ours or of a person):
+                        // the template copy needs it to itself, and the pause must stay short.
+                        if started.elapsed() >= Duration::from_secs(2) {
                             admin
                                 .query(
                                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -826,7 +851,7 @@ async fn remove(state: &StateDir, meta: &ForkMeta, dir: &Path) -> Result<(), For
 
 /// Re-enables a ready sandbox's subscription left disabled by an interrupted fork (unless a fork holds the pause).
 pub async fn ensure_enabled(admin: &Client, db: &Client, sandbox: &SandboxMeta) -> Result<bool, ForkError> {
-    if sandbox.phase != Phase::Ready {
+    if sandbox.phase != SandboxState::Ready {
         return Ok(false);
     }
     let free: bool = admin

@@ -8,7 +8,7 @@ pub use crate::cow::{filesystem, is_btrfs_subvolume, reflink_works};
 use serde::{Deserialize, Serialize};
 
 /// A copy strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// A btrfs subvolume snapshot of the sandbox's data directory: atomic, cost independent of size.
@@ -31,9 +31,27 @@ impl Strategy {
         }
     }
 
+    pub const ALL: [Strategy; 4] = [
+        Strategy::BtrfsSnapshot,
+        Strategy::Reflink,
+        Strategy::Template,
+        Strategy::Copy,
+    ];
+
     /// True when the fork runs its own server (every strategy but `Template`).
     pub fn separate_server(self) -> bool {
         self != Strategy::Template
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| {
+            let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown fork strategy {text:?} (use one of {})", names.join(", "))
+        })
     }
 }
 

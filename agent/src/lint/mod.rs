@@ -1,6 +1,8 @@
 //! Static lint with squawk's rules (`squawk-linter`), positioned by line so that the dry-run can join each hit to
 //! the measured evidence of its statement. `understudy lint FILE` runs this pass alone.
 
+pub mod evidence;
+
 use std::str::FromStr;
 
 use serde::Serialize;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::LockSample;
 
 /// A lock the migration held.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct HeldLock {
     pub relation: String,
     pub mode: String,
@@ -21,7 +21,7 @@ pub struct HeldLock {
 }
 
 /// A period in which the migration itself waited for a lock.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MigrationWait {
     pub relation: String,
     pub mode: String,
@@ -32,7 +32,7 @@ pub struct MigrationWait {
 }
 
 /// A session waiting behind the migration (directly or through the queue).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BlockEpisode {
     pub pid: i32,
     pub application_name: String,

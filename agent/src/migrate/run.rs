@@ -11,7 +11,7 @@ use super::{Kind, Plan, kind};
 use crate::pg::describe;
 
 /// What happened to one statement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatementOutcome {
     pub index: usize,
     pub line: usize,

@@ -404,7 +404,7 @@ impl Cluster {
         let mut attempts = 0;
         loop {
             match connect_plain(&self.conninfo(dbname), "understudy").await {
-                Err(PgError::Config(msg)) if msg.contains("Connection refused") && attempts < 20 => {
+                Err(PgError::Connect { detail, .. }) if detail.contains("Connection refused") && attempts < 20 => {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

@@ -8,12 +8,12 @@ use super::{ConnInfo, PgError};
 pub async fn connect_plain(conninfo: &str, application_name: &str) -> Result<Client, PgError> {
     let mut config: tokio_postgres::Config = conninfo
         .parse()
-        .map_err(|e| PgError::Config(format!("bad connection string: {e}")))?;
+        .map_err(|e| PgError::BadConnInfo(format!("bad connection string: {e}")))?;
     config.application_name(application_name);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| PgError::Config(format!("connecting: {}", super::describe(&e))))?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| PgError::Connect {
+        target: redacted_target(conninfo),
+        detail: super::describe(&e),
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "connection ended");
@@ -33,7 +33,7 @@ pub async fn connect_source(info: &ConnInfo, application_name: &str) -> Result<C
         // tokio-postgres knows disable / prefer / require; verification is configured on the connector below.
         client_info.set("sslmode", "require");
     } else if !matches!(mode.as_str(), "disable" | "allow" | "prefer" | "require") {
-        return Err(PgError::Config(format!(
+        return Err(PgError::BadConnInfo(format!(
             "sslmode={mode} is not one of disable, allow, prefer, require, verify-ca, verify-full"
         )));
     }
@@ -43,16 +43,13 @@ pub async fn connect_source(info: &ConnInfo, application_name: &str) -> Result<C
     let mut config: tokio_postgres::Config = client_info
         .for_client()
         .parse()
-        .map_err(|e| PgError::Config(format!("bad source connection string {}: {e}", info.redacted())))?;
+        .map_err(|e| PgError::BadConnInfo(format!("bad source connection string {}: {e}", info.redacted())))?;
     if info.get("application_name").is_none() {
         config.application_name(application_name);
     }
-    let fail = |e: tokio_postgres::Error| {
-        PgError::Config(format!(
-            "cannot connect to the source ({}): {}",
-            info.redacted(),
-            super::describe(&e)
-        ))
+    let fail = |e: tokio_postgres::Error| PgError::Connect {
+        target: format!("the source ({})", info.redacted()),
+        detail: super::describe(&e),
     };
     let client = if mode == "disable" {
         let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
@@ -80,12 +77,12 @@ fn read_file(info: &ConnInfo, key: &str) -> Result<Option<Vec<u8>>, PgError> {
         None | Some("") => Ok(None),
         Some(path) => std::fs::read(path)
             .map(Some)
-            .map_err(|e| PgError::Config(format!("cannot read {key} file {path}: {e}"))),
+            .map_err(|e| PgError::BadConnInfo(format!("cannot read {key} file {path}: {e}"))),
     }
 }
 
 fn tls_connector(info: &ConnInfo, mode: &str) -> Result<postgres_native_tls::MakeTlsConnector, PgError> {
-    let bad = |what: &str, e: native_tls::Error| PgError::Config(format!("{what}: {e}"));
+    let bad = |what: &str, e: native_tls::Error| PgError::BadConnInfo(format!("{what}: {e}"));
     let mut builder = native_tls::TlsConnector::builder();
     let verify = matches!(mode, "verify-ca" | "verify-full");
     builder.danger_accept_invalid_certs(!verify);
@@ -102,4 +99,14 @@ fn tls_connector(info: &ConnInfo, mode: &str) -> Result<postgres_native_tls::Mak
     }
     let connector = builder.build().map_err(|e| bad("setting up TLS", e))?;
     Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+/// `host=… port=… dbname=…` of an embedded server's connection string, for messages (these carry no password, but
+/// only the target is named anyway).
+fn redacted_target(conninfo: &str) -> String {
+    conninfo
+        .split_whitespace()
+        .filter(|kv| ["host=", "port=", "dbname="].iter().any(|k| kv.starts_with(k)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -38,6 +38,12 @@ pub enum PgError {
     OsUser { user: String, detail: String },
     #[error("{0}")]
     Config(String),
+    /// A connection string or TLS setting that cannot be used (the user's to fix).
+    #[error("{0}")]
+    BadConnInfo(String),
+    /// A server that does not answer: `target` is redacted (no password).
+    #[error("cannot connect to {target}: {detail}")]
+    Connect { target: String, detail: String },
     #[error("{context}: {}", describe(source))]
     Sql {
         context: String,
@@ -46,14 +52,14 @@ pub enum PgError {
 }
 
 impl PgError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         PgError::Io {
             what: what.into(),
             source,
         }
     }
 
-    pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+    pub fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
         move |source| PgError::Sql { context, source }
     }
@@ -63,6 +69,22 @@ impl PgError {
         match self {
             PgError::Sql { source, .. } => source.code().map(|c| c.code()),
             _ => None,
+        }
+    }
+}
+
+impl crate::error::Classify for PgError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            PgError::BadConnInfo(_) => ErrorKind::Invalid,
+            PgError::Connect { .. } => ErrorKind::Unavailable,
+            PgError::BinariesMissing { .. }
+            | PgError::Io { .. }
+            | PgError::Tool { .. }
+            | PgError::OsUser { .. }
+            | PgError::Config(_)
+            | PgError::Sql { .. } => ErrorKind::Internal,
         }
     }
 }

@@ -33,14 +33,44 @@ pub struct LiveConfig {
 }
 
 /// A write that failed on the fork.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WriteFailure {
     pub table: String,
-    /// `insert`, `update`, `delete`, `truncate`.
-    pub kind: String,
+    pub kind: WriteKind,
     pub sqlstate: String,
     pub message: String,
     pub sample: String,
+}
+
+/// What a replayed write was: one of the transaction's changes, or its BEGIN or COMMIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteKind {
+    Begin,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    Commit,
+}
+
+impl WriteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteKind::Begin => "begin",
+            WriteKind::Insert => "insert",
+            WriteKind::Update => "update",
+            WriteKind::Delete => "delete",
+            WriteKind::Truncate => "truncate",
+            WriteKind::Commit => "commit",
+        }
+    }
+}
+
+impl std::fmt::Display for WriteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One replayed transaction.
@@ -89,10 +119,35 @@ enum Signal {
     StopAt(Lsn),
 }
 
+/// A task aborted when its owner drops it: a replay dropped mid-way (a cancelled dry-run) stops reading the
+/// capture slot and writing to the fork at once, so that both can be removed.
+struct Task<T>(Option<JoinHandle<T>>);
+
+impl<T> Task<T> {
+    fn spawn(future: impl std::future::Future<Output = T> + Send + 'static) -> Self
+    where
+        T: Send + 'static,
+    {
+        Task(Some(tokio::spawn(future)))
+    }
+
+    fn into_handle(mut self) -> Option<JoinHandle<T>> {
+        self.0.take()
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
 pub struct LiveReplay {
     stop: watch::Sender<Signal>,
-    reader: JoinHandle<Result<(), ReplayError>>,
-    dispatcher: JoinHandle<Result<(), ReplayError>>,
+    reader: Task<Result<(), ReplayError>>,
+    dispatcher: Task<Result<(), ReplayError>>,
     records: Arc<Mutex<Vec<WriteRecord>>>,
     /// Transactions read but not yet applied.
     backlog: Arc<Mutex<usize>>,
@@ -128,7 +183,7 @@ impl LiveReplay {
         let backlog = Arc::new(Mutex::new(0usize));
         let last_read = Arc::new(Mutex::new(Lsn(0)));
         let (held_tx, held) = watch::channel(false);
-        let reader = tokio::spawn(read_loop(
+        let reader = Task::spawn(read_loop(
             CaptureReader::new(reader_client, &config.capture_slot, &config.publication),
             tx,
             stop_rx,
@@ -137,7 +192,7 @@ impl LiveReplay {
             Arc::clone(&last_read),
             held_tx,
         ));
-        let dispatcher = tokio::spawn(dispatch_loop(rx, workers, Arc::clone(&records), Arc::clone(&backlog)));
+        let dispatcher = Task::spawn(dispatch_loop(rx, workers, Arc::clone(&records), Arc::clone(&backlog)));
         Ok(LiveReplay {
             stop,
             reader,
@@ -180,8 +235,10 @@ impl LiveReplay {
 
     async fn finish(self, signal: Signal, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
         let _ = self.stop.send(signal);
-        self.reader.await.map_err(|e| ReplayError::Task(e.to_string()))??;
-        let mut dispatcher = self.dispatcher;
+        let gone = || ReplayError::Task("the replay task was already stopped".into());
+        let reader = self.reader.into_handle().ok_or_else(gone)?;
+        reader.await.map_err(|e| ReplayError::Task(e.to_string()))??;
+        let mut dispatcher = self.dispatcher.into_handle().ok_or_else(gone)?;
         match tokio::time::timeout(drain, &mut dispatcher).await {
             Ok(joined) => joined.map_err(|e| ReplayError::Task(e.to_string()))??,
             Err(_) => dispatcher.abort(),
@@ -297,7 +354,7 @@ fn conflicts(keys: &KeySet, inflight: &HashMap<RowKey, usize>) -> bool {
 }
 
 struct Job {
-    statements: Vec<(String, String, String)>,
+    statements: Vec<(String, String, WriteKind)>,
     render_error: Option<WriteFailure>,
     commit_time: i64,
     end_lsn: Lsn,
@@ -401,7 +458,7 @@ async fn dispatch_loop(
     Ok(())
 }
 
-fn describe_change(change: &Change, relations: &HashMap<u32, Relation>) -> (String, String) {
+fn describe_change(change: &Change, relations: &HashMap<u32, Relation>) -> (String, WriteKind) {
     let name = |oid: u32| {
         relations
             .get(&oid)
@@ -409,12 +466,12 @@ fn describe_change(change: &Change, relations: &HashMap<u32, Relation>) -> (Stri
             .unwrap_or_else(|| format!("oid {oid}"))
     };
     match change {
-        Change::Insert(i) => (name(i.relation), "insert".into()),
-        Change::Update(u) => (name(u.relation), "update".into()),
-        Change::Delete(d) => (name(d.relation), "delete".into()),
+        Change::Insert(i) => (name(i.relation), WriteKind::Insert),
+        Change::Update(u) => (name(u.relation), WriteKind::Update),
+        Change::Delete(d) => (name(d.relation), WriteKind::Delete),
         Change::Truncate(t) => (
             t.relations.first().map(|r| name(*r)).unwrap_or_default(),
-            "truncate".into(),
+            WriteKind::Truncate,
         ),
     }
 }
@@ -466,11 +523,11 @@ async fn worker_loop(
     }
 }
 
-async fn apply_job(client: &Client, statements: &[(String, String, String)]) -> Option<WriteFailure> {
+async fn apply_job(client: &Client, statements: &[(String, String, WriteKind)]) -> Option<WriteFailure> {
     if let Err(e) = client.batch_execute("BEGIN").await {
         return Some(WriteFailure {
             table: String::new(),
-            kind: "begin".into(),
+            kind: WriteKind::Begin,
             sqlstate: code(&e),
             message: crate::pg::describe(&e),
             sample: String::new(),
@@ -481,7 +538,7 @@ async fn apply_job(client: &Client, statements: &[(String, String, String)]) -> 
             let _ = client.batch_execute("ROLLBACK").await;
             return Some(WriteFailure {
                 table: table.clone(),
-                kind: kind.clone(),
+                kind: *kind,
                 sqlstate: code(&e),
                 message: e
                     .as_db_error()
@@ -494,7 +551,7 @@ async fn apply_job(client: &Client, statements: &[(String, String, String)]) -> 
     if let Err(e) = client.batch_execute("COMMIT").await {
         return Some(WriteFailure {
             table: String::new(),
-            kind: "commit".into(),
+            kind: WriteKind::Commit,
             sqlstate: code(&e),
             message: crate::pg::describe(&e),
             sample: String::new(),

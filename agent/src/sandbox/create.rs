@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::state::{self, InitialCopy, Phase, SandboxMeta, StateDir};
+use super::state::{self, InitialCopy, SandboxMeta, SandboxState, StateDir};
 use super::{SandboxError, copy, delete, sandbox_cluster_config, schema, sequences};
 use crate::lsn::Lsn;
 use crate::pg::cluster::Cluster;
@@ -36,6 +36,22 @@ pub struct CreateOptions {
 /// Creates a sandbox. On failure everything created so far is removed (source objects first) and the error is
 /// returned.
 pub async fn create(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Result<SandboxMeta, SandboxError> {
+    prepare(opts, say).await?.build(say).await
+}
+
+/// A create that passed its checks: nothing exists yet, on the source or here.
+pub struct Prepared {
+    opts: CreateOptions,
+    bins: PgBinaries,
+    run_as: RunAs,
+    client: tokio_postgres::Client,
+    checked: source::Preflight,
+    database: String,
+}
+
+/// The checks of a create, before anything is made: the name is free, PostgreSQL's programs are here, the
+/// source answers and passes preflight. Refusals are the caller's to fix (an API answers them with 400).
+pub async fn prepare(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Result<Prepared, SandboxError> {
     let dir = opts.state_dir.sandbox_dir(&opts.name);
     if dir.exists() {
         return Err(SandboxError::Exists {
@@ -45,7 +61,9 @@ pub async fn create(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Result
     }
     let bins = PgBinaries::locate()?;
     let run_as = RunAs::detect()?;
-    let client = connect_source(&opts.source, "understudy").await?;
+    let client = connect_source(&opts.source, "understudy")
+        .await
+        .map_err(SandboxError::SourceUnreachable)?;
     let checked = source::preflight::run(
         &client,
         &opts.replicate,
@@ -67,50 +85,74 @@ pub async fn create(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Result
         .await
         .map_err(PgError::sql("reading the source's database name"))?
         .get(0);
+    Ok(Prepared {
+        opts: opts.clone(),
+        bins,
+        run_as,
+        client,
+        checked,
+        database,
+    })
+}
 
-    opts.state_dir.prepare()?;
-    std::fs::create_dir(&dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
-    state::set_mode(&dir, 0o755)?;
-    let mut meta = SandboxMeta {
-        name: opts.name.clone(),
-        created_at: jiff::Timestamp::now(),
-        phase: Phase::InitialSync,
-        source: opts.source.redacted(),
-        replicate: opts.replicate.clone(),
-        database: database.clone(),
-        publication: checked.publication.clone(),
-        publication_owned: checked.create_publication.is_some(),
-        slot: opts.name.slot(),
-        subscription: opts.name.subscription(),
-        subscription_oid: None,
-        consistent_point: None,
-        cluster: sandbox_cluster_config(&dir),
-        wal_budget_bytes: opts.wal_budget_bytes,
-        initial_copy: None,
-        last_error: None,
-        pending_drift: Vec::new(),
-        warnings: checked.warnings.clone(),
-    };
-    let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
-    if let Err(e) = saved {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
-    let result = build(opts, &bins, run_as, &client, &checked, &mut meta, &dir, say).await;
-    match result {
-        Ok(()) => Ok(meta),
-        Err(err) => {
-            say(&format!("sandbox create failed; removing what it created: {err}"));
-            if let Err(cleanup) = delete::delete(&opts.state_dir, &opts.name, None, false).await {
-                say(&format!("cleanup also failed: {cleanup}"));
+impl Prepared {
+    /// Makes the sandbox: metadata first, then everything else (see the module's documentation). On failure
+    /// everything made so far is removed, source objects first.
+    pub async fn build(self, say: &(dyn Fn(&str) + Sync)) -> Result<SandboxMeta, SandboxError> {
+        let Prepared {
+            opts,
+            bins,
+            run_as,
+            client,
+            checked,
+            database,
+        } = self;
+        let opts = &opts;
+        let dir = opts.state_dir.sandbox_dir(&opts.name);
+        opts.state_dir.prepare()?;
+        std::fs::create_dir(&dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+        state::set_mode(&dir, 0o755)?;
+        let mut meta = SandboxMeta {
+            name: opts.name.clone(),
+            created_at: jiff::Timestamp::now(),
+            phase: SandboxState::InitialSync,
+            source: opts.source.redacted(),
+            replicate: opts.replicate.clone(),
+            database: database.clone(),
+            publication: checked.publication.clone(),
+            publication_owned: checked.create_publication.is_some(),
+            slot: opts.name.slot(),
+            subscription: opts.name.subscription(),
+            subscription_oid: None,
+            consistent_point: None,
+            cluster: sandbox_cluster_config(&dir),
+            wal_budget_bytes: opts.wal_budget_bytes,
+            initial_copy: None,
+            last_error: None,
+            pending_drift: Vec::new(),
+            warnings: checked.warnings.clone(),
+        };
+        let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
+        if let Err(e) = saved {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let result = make(opts, &bins, run_as, &client, &checked, &mut meta, &dir, say).await;
+        match result {
+            Ok(()) => Ok(meta),
+            Err(err) => {
+                say(&format!("sandbox create failed; removing what it created: {err}"));
+                if let Err(cleanup) = delete::delete(&opts.state_dir, &opts.name, None, false).await {
+                    say(&format!("cleanup also failed: {cleanup}"));
+                }
+                Err(err)
             }
-            Err(err)
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn build(
+async fn make(
     opts: &CreateOptions,
     bins: &PgBinaries,
     run_as: RunAs,
@@ -277,7 +319,7 @@ async fn build(
         .map_err(PgError::sql("reading the subscription"))?
         .get(0);
     meta.subscription_oid = Some(oid);
-    meta.phase = Phase::Ready;
+    meta.phase = SandboxState::Ready;
     meta.initial_copy = Some(InitialCopy {
         tables: tables.len(),
         chunks: copied.chunks,

@@ -12,7 +12,7 @@ use crate::pg::connect::connect_source;
 use crate::source::{SandboxName, objects};
 
 /// What `delete` removed.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct DeleteReport {
     pub slots_dropped: Vec<String>,
     pub publication_dropped: Option<String>,
@@ -49,6 +49,8 @@ pub async fn delete(
         });
     }
     let mut report = DeleteReport::default();
+    // No supervisor may restart the server from here on.
+    let _lock = super::SandboxLock::acquire(state_dir, name).await?;
 
     // 1. Stop the sandbox server so that nothing reconnects to the slot.
     if let Some(meta) = &meta
@@ -112,6 +114,7 @@ pub async fn delete(
         std::fs::remove_dir_all(&dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
         report.directory_removed = true;
     }
+    super::SandboxLock::remove(state_dir, name);
     Ok(report)
 }
 

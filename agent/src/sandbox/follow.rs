@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::state::{self, Phase, SandboxMeta, StateDir};
+use super::state::{self, SandboxMeta, SandboxState, StateDir};
 use super::{SandboxError, cluster_of, sequences};
 use crate::pg::connect::connect_source;
 use crate::pg::tools::{self, Section};
@@ -328,7 +328,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     }
     let mut meta = SandboxMeta::load(&dir)?;
     let mut report = FollowReport::default();
-    if meta.phase == Phase::Stale {
+    if meta.phase == SandboxState::Stale {
         report.error = Some("the sandbox is stale; delete and recreate it".into());
         return Ok(report);
     }
@@ -341,7 +341,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     // by this pass until it ends (the connection closes).
     let pause_guard = cluster.connect(super::admin_database(&meta.database)).await?;
     let free: bool = pause_guard
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&crate::fork::PAUSE_LOCK])
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&super::PAUSE_LOCK])
         .await
         .map_err(PgError::sql("checking the fork pause lock"))?
         .get(0);
@@ -376,7 +376,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     // Guard the source first.
     match objects::slot_info(&source, &meta.slot).await? {
         None => {
-            meta.phase = Phase::Stale;
+            meta.phase = SandboxState::Stale;
             meta.record_error(
                 format!("slot {} no longer exists on the source", meta.slot),
                 format!("recreate the sandbox: understudy sandbox delete {name} && understudy sandbox create ..."),
@@ -385,7 +385,9 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
             report.error = meta.last_error.as_ref().map(|e| e.message.clone());
             return Ok(report);
         }
-        Some(slot) if slot.retained_bytes > meta.wal_budget_bytes || slot.wal_status.as_deref() == Some("lost") => {
+        Some(slot)
+            if slot.retained_bytes > meta.wal_budget_bytes || slot.wal_status == Some(objects::WalStatus::Lost) =>
+        {
             trip_breaker(&source, &sandbox, &mut meta, slot.retained_bytes).await?;
             meta.save(&dir)?;
             report.breaker_tripped = true;
@@ -436,14 +438,14 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     if let Some(message) = apply_failure(&sandbox, &cluster, &meta).await? {
         meta.record_error(
             message,
-            "see `understudy sandbox status`; additive DDL is applied by `sandbox watch`",
+            "see `understudy sandbox status`; the agent applies additive DDL (`understudy agent start` when none runs)",
         );
     }
     meta.pending_drift = pending.clone();
     meta.phase = if pending.is_empty() {
-        Phase::Ready
+        SandboxState::Ready
     } else {
-        Phase::Degraded
+        SandboxState::Degraded
     };
     meta.save(&dir)?;
     report.pending = pending;
@@ -528,7 +530,7 @@ async fn trip_breaker(
         .await
         .map_err(PgError::sql("detaching the subscription from its slot"))?;
     objects::drop_slot(source, &meta.slot).await?;
-    meta.phase = Phase::Stale;
+    meta.phase = SandboxState::Stale;
     meta.record_error(
         format!(
             "WAL budget breaker: our slot kept {retained} bytes of WAL on the source (budget {}); the slot was dropped \

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod create;
 pub mod delete;
 pub mod follow;
+pub mod lock;
 pub mod schema;
 pub mod sequences;
 pub mod state;
@@ -18,14 +19,19 @@ use std::path::PathBuf;
 
 pub use create::{CreateOptions, create};
 pub use delete::{DeleteReport, delete};
-pub use state::{Phase, SandboxMeta, StateDir};
-pub use status::{SandboxState, SandboxStatus, status};
+pub use lock::SandboxLock;
+pub use state::{SandboxMeta, SandboxState, StateDir};
+pub use status::{SandboxStatus, TableSyncState, status};
 
 use crate::pg::cluster::Cluster;
 use crate::pg::os_user::RunAs;
 use crate::pg::{ClusterConfig, PgBinaries, PgError};
 use crate::source::PreflightFailed;
 use crate::source::names::InvalidName;
+
+/// Advisory lock key held on a sandbox's server (in its admin database) while a fork pauses its apply: the
+/// follower skips its pass meanwhile, so that it does not re-enable the subscription inside the pause.
+pub const PAUSE_LOCK: i64 = 0x756e_6465_7273_7475;
 
 /// Errors of sandbox operations.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +52,33 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// The source named for a new sandbox does not answer: the request's to fix.
+    #[error(
+        "{0}; check the source connection string (host, port, database, credentials) and that this machine can reach it"
+    )]
+    SourceUnreachable(#[source] PgError),
     #[error("corrupt sandbox metadata: {0}")]
     Corrupt(String),
     #[error("interrupted")]
     Interrupted,
     #[error("{0}")]
     Failed(String),
+}
+
+impl crate::error::Classify for SandboxError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            SandboxError::Name(_) | SandboxError::Preflight(_) | SandboxError::SourceUnreachable(_) => {
+                ErrorKind::Invalid
+            }
+            SandboxError::Pg(e) => e.kind(),
+            SandboxError::NotFound { .. } => ErrorKind::NotFound,
+            SandboxError::Exists { .. } => ErrorKind::Conflict,
+            SandboxError::Interrupted => ErrorKind::Cancelled,
+            SandboxError::Io { .. } | SandboxError::Corrupt(_) | SandboxError::Failed(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 impl SandboxError {

@@ -80,10 +80,11 @@ impl StateDir {
     }
 }
 
-/// The recorded phase of a sandbox (what the last command established; `status` adds live checks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A sandbox's state: recorded in `sandbox.json` as what the last pass established, and reported by `status`
+/// after live checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum Phase {
+pub enum SandboxState {
     /// Created, initial copy running.
     InitialSync,
     /// Streaming.
@@ -95,7 +96,7 @@ pub enum Phase {
 }
 
 /// An error recorded for `status`, with its fix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LastError {
     pub message: String,
     pub fix: String,
@@ -120,7 +121,7 @@ pub struct InitialCopy {
 pub struct SandboxMeta {
     pub name: SandboxName,
     pub created_at: jiff::Timestamp,
-    pub phase: Phase,
+    pub phase: SandboxState,
     /// The source, password redacted.
     pub source: String,
     pub replicate: Replicate,

@@ -1,32 +1,69 @@
 //! `sandbox status`: the recorded phase checked against live facts from the sandbox (apply worker, per-table sync
 //! state, apply errors) and from the source (our slot: lag, retained WAL, `wal_status`), plus a schema drift check.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::follow;
-use super::state::{LastError, Phase, SandboxMeta, StateDir};
+use super::state::{LastError, SandboxMeta, SandboxState, StateDir};
 use super::{SandboxError, cluster_of};
 use crate::lsn::Lsn;
 use crate::pg::connect::connect_source;
 use crate::pg::{ClusterStatus, PgError};
 use crate::source::{SandboxName, objects};
 
-/// The state `status` reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where one table is in its synchronisation (`pg_subscription_rel.srsubstate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum SandboxState {
-    InitialSync,
+pub enum TableSyncState {
+    /// `i`: waiting for its table-sync worker.
+    Initializing,
+    /// `d`: its data is being copied.
+    Copying,
+    /// `f`: copied, not yet caught up.
+    FinishedCopy,
+    /// `s`: catching up with the apply worker.
+    Syncing,
+    /// `r`: streaming.
     Ready,
-    Degraded,
-    Stale,
+    /// A state this version does not know.
+    Unknown,
+}
+
+impl TableSyncState {
+    pub fn from_srsubstate(code: &str) -> Self {
+        match code {
+            "r" => TableSyncState::Ready,
+            "s" => TableSyncState::Syncing,
+            "d" => TableSyncState::Copying,
+            "i" => TableSyncState::Initializing,
+            "f" => TableSyncState::FinishedCopy,
+            _ => TableSyncState::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableSyncState::Initializing => "initializing",
+            TableSyncState::Copying => "copying",
+            TableSyncState::FinishedCopy => "finished-copy",
+            TableSyncState::Syncing => "syncing",
+            TableSyncState::Ready => "ready",
+            TableSyncState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for TableSyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One replicated table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TableSync {
     pub table: String,
-    /// `ready`, `syncing`, `copying`, `initializing`, `finished-copy`, or `unknown`.
-    pub state: String,
+    pub state: TableSyncState,
 }
 
 /// The source's side of the sandbox: our slot.
@@ -42,7 +79,7 @@ pub struct SourceSide {
 }
 
 /// Everything `status` prints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SandboxStatus {
     pub name: String,
     pub state: SandboxState,
@@ -57,12 +94,16 @@ pub struct SandboxStatus {
     pub apply_error_count: i64,
     pub received_lsn: Option<Lsn>,
     pub applied_lsn: Option<Lsn>,
+    /// The source's current WAL position, when it was read.
+    pub source_lsn: Option<Lsn>,
+    /// The position our slot on the source has confirmed (everything before it is on the sandbox).
+    pub confirmed_lsn: Option<Lsn>,
     /// Bytes of WAL the sandbox has not confirmed (from the slot).
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
     /// WAL our slot keeps on the source.
     pub retained_wal_bytes: Option<u64>,
-    pub wal_status: Option<String>,
+    pub wal_status: Option<objects::WalStatus>,
     pub wal_budget_bytes: u64,
     pub tables: Vec<TableSync>,
     /// Schema changes on the source not (yet) on the sandbox.
@@ -86,12 +127,7 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
     let cluster_running = matches!(cluster.status().await?, ClusterStatus::Running { .. });
     let mut out = SandboxStatus {
         name: name.to_string(),
-        state: match meta.phase {
-            Phase::InitialSync => SandboxState::InitialSync,
-            Phase::Ready => SandboxState::Ready,
-            Phase::Degraded => SandboxState::Degraded,
-            Phase::Stale => SandboxState::Stale,
-        },
+        state: meta.phase,
         reasons: Vec::new(),
         source: meta.source.clone(),
         publication: meta.publication.clone(),
@@ -102,6 +138,8 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
         apply_error_count: 0,
         received_lsn: None,
         applied_lsn: None,
+        source_lsn: None,
+        confirmed_lsn: None,
         lag_bytes: None,
         lag_seconds: None,
         retained_wal_bytes: None,
@@ -129,14 +167,15 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
             Err(e) => reasons.push(format!("the sandbox server does not accept connections: {e}")),
         }
     } else {
-        reasons.push(format!(
-            "the sandbox server is not running (start it with `understudy sandbox watch {name}`, which restarts it)"
-        ));
+        reasons.push(
+            "the sandbox server is not running (the agent restarts it: `understudy agent start` when none runs)"
+                .to_string(),
+        );
     }
-    if cluster_running && !out.apply_worker_running && meta.phase != Phase::Stale {
+    if cluster_running && !out.apply_worker_running && meta.phase != SandboxState::Stale {
         reasons.push("the apply worker is not running (see the sandbox log and last_error)".to_string());
     }
-    if out.tables.iter().any(|t| t.state != "ready") {
+    if out.tables.iter().any(|t| t.state != TableSyncState::Ready) {
         out.state = SandboxState::InitialSync;
     }
 
@@ -146,9 +185,11 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
             match &side.slot {
                 Some(slot) => {
                     out.lag_bytes = Some(slot.lag_bytes);
+                    out.source_lsn = Some(slot.current_lsn);
+                    out.confirmed_lsn = slot.confirmed_flush_lsn;
                     out.retained_wal_bytes = Some(slot.retained_bytes);
-                    out.wal_status = slot.wal_status.clone();
-                    if slot.wal_status.as_deref() == Some("lost") {
+                    out.wal_status = slot.wal_status;
+                    if slot.wal_status == Some(objects::WalStatus::Lost) {
                         out.state = SandboxState::Stale;
                         reasons.push("the source invalidated our slot (wal_status = lost)".into());
                     } else if slot.retained_bytes > meta.wal_budget_bytes {
@@ -158,7 +199,7 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
                         ));
                     }
                 }
-                None if meta.phase != Phase::InitialSync => {
+                None if meta.phase != SandboxState::InitialSync => {
                     out.state = SandboxState::Stale;
                     reasons.push(format!("slot {} no longer exists on the source", meta.slot));
                 }
@@ -179,8 +220,8 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
         out.state = SandboxState::Degraded;
     }
     if out.state == SandboxState::InitialSync
-        && meta.phase == Phase::Ready
-        && out.tables.iter().all(|t| t.state == "ready")
+        && meta.phase == SandboxState::Ready
+        && out.tables.iter().all(|t| t.state == TableSyncState::Ready)
     {
         out.state = SandboxState::Ready;
     }
@@ -221,15 +262,7 @@ async fn read_sandbox(
         .iter()
         .map(|r| TableSync {
             table: r.get(0),
-            state: match r.get::<_, String>(1).as_str() {
-                "r" => "ready",
-                "s" => "syncing",
-                "d" => "copying",
-                "i" => "initializing",
-                "f" => "finished-copy",
-                _ => "unknown",
-            }
-            .to_string(),
+            state: TableSyncState::from_srsubstate(&r.get::<_, String>(1)),
         })
         .collect();
     Ok(())

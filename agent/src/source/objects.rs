@@ -50,6 +50,41 @@ pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, PgE
     Ok(row.get(0))
 }
 
+/// `pg_replication_slots.wal_status`: whether the WAL the slot needs is still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WalStatus {
+    /// Within `max_wal_size`.
+    Reserved,
+    /// Beyond `max_wal_size`, kept for the slot (`wal_keep_size`, `max_slot_wal_keep_size`).
+    Extended,
+    /// Some needed WAL will be removed at the next checkpoint.
+    Unreserved,
+    /// Needed WAL was removed: the slot is unusable.
+    Lost,
+}
+
+impl WalStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "reserved" => Some(WalStatus::Reserved),
+            "extended" => Some(WalStatus::Extended),
+            "unreserved" => Some(WalStatus::Unreserved),
+            "lost" => Some(WalStatus::Lost),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalStatus::Reserved => "reserved",
+            WalStatus::Extended => "extended",
+            WalStatus::Unreserved => "unreserved",
+            WalStatus::Lost => "lost",
+        }
+    }
+}
+
 /// A replication slot as the source reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotInfo {
@@ -58,8 +93,7 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
     pub confirmed_flush_lsn: Option<Lsn>,
     pub restart_lsn: Option<Lsn>,
-    /// `reserved`, `extended`, `unreserved` or `lost`.
-    pub wal_status: Option<String>,
+    pub wal_status: Option<WalStatus>,
     pub safe_wal_size: Option<i64>,
     /// WAL the slot keeps on the source: current WAL position − restart_lsn.
     pub retained_bytes: u64,
@@ -94,7 +128,7 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>, 
         active_pid: row.get(2),
         confirmed_flush_lsn: confirmed,
         restart_lsn: restart,
-        wal_status: row.get(5),
+        wal_status: row.get::<_, Option<String>>(5).as_deref().and_then(WalStatus::parse),
         safe_wal_size: row.get(6),
         retained_bytes: restart.map(|r| current.bytes_since(r)).unwrap_or(0),
         lag_bytes: confirmed.map(|c| current.bytes_since(c)).unwrap_or(0),

@@ -7,7 +7,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::migrate::{SplitError, Statement, split};
 
 /// One check's result on both twins.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CheckResult {
     pub name: String,
     pub line: usize,

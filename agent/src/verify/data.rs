@@ -15,7 +15,7 @@ const BUCKETS: i32 = 256;
 const ROW_BUDGET: i64 = 200_000;
 
 /// How one table compares.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TableComparison {
     pub table: String,
     pub rows_a: i64,
@@ -32,7 +32,7 @@ pub struct TableComparison {
 }
 
 /// The rows of a table that differ in one column.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ColumnDifference {
     pub column: String,
     pub rows: i64,

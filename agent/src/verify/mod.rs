@@ -6,3 +6,4 @@ pub mod checksum;
 pub mod data;
 pub mod preflight;
 pub mod schema;
+pub mod twins;

@@ -11,12 +11,60 @@ use crate::migrate::Statement;
 use crate::pg::quote_ident;
 use crate::verify::data::{primary_key, qualified};
 
+/// What kind of breakage the pre-flight counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreflightCode {
+    /// NULLs under `SET NOT NULL`.
+    NotNullViolations,
+    /// A `NOT NULL` column without a default added to a non-empty table.
+    NotNullWithoutDefault,
+    /// Child rows without a parent under `ADD FOREIGN KEY`.
+    Orphans,
+    /// Duplicate groups under a new `UNIQUE` constraint or unique index.
+    Duplicates,
+    /// NULLs an `UPDATE` would write into a column that must not have them.
+    NullAfterUpdate,
+    /// Rows violating a new `CHECK`.
+    CheckViolations,
+    /// Values that will not cast under `ALTER COLUMN ... TYPE`.
+    Uncastable,
+}
+
+impl PreflightCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreflightCode::NotNullViolations => "not-null-violations",
+            PreflightCode::NotNullWithoutDefault => "not-null-without-default",
+            PreflightCode::Orphans => "orphans",
+            PreflightCode::Duplicates => "duplicates",
+            PreflightCode::NullAfterUpdate => "null-after-update",
+            PreflightCode::CheckViolations => "check-violations",
+            PreflightCode::Uncastable => "uncastable",
+        }
+    }
+
+    pub const ALL: [PreflightCode; 7] = [
+        PreflightCode::NotNullViolations,
+        PreflightCode::NotNullWithoutDefault,
+        PreflightCode::Orphans,
+        PreflightCode::Duplicates,
+        PreflightCode::NullAfterUpdate,
+        PreflightCode::CheckViolations,
+        PreflightCode::Uncastable,
+    ];
+}
+
+impl std::fmt::Display for PreflightCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the pre-flight found for one statement.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PreflightFinding {
-    /// `not-null-violations`, `orphans`, `duplicates`, `null-after-update`, `check-violations`, `uncastable`,
-    /// `not-null-without-default`.
-    pub code: String,
+    pub code: PreflightCode,
     pub line: usize,
     pub table: String,
     pub count: i64,
@@ -209,9 +257,9 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
     let u: Vec<String> = w.iter().map(|x| up(x)).collect();
     let mut out: Vec<PreflightFinding> = Vec::new();
     let line = s.line;
-    let found = |code: &str, table: &str, count: i64, samples: Vec<String>, message: String, remedy: &str| {
+    let found = |code: PreflightCode, table: &str, count: i64, samples: Vec<String>, message: String, remedy: &str| {
         (count > 0).then(|| PreflightFinding {
-            code: code.into(),
+            code,
             line,
             table: table.into(),
             count,
@@ -261,7 +309,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                     .await
                     {
                         Ok((n, samples)) => out.extend(found(
-                            "not-null-violations",
+                            PreflightCode::NotNullViolations,
                             &table,
                             n,
                             samples,
@@ -284,7 +332,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
             {
                 let n: i64 = row.get(0);
                 out.extend(found(
-                    "not-null-without-default",
+                    PreflightCode::NotNullWithoutDefault,
                     &table,
                     n,
                     Vec::new(),
@@ -335,7 +383,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                         .await
                         {
                             Ok((n, samples)) => out.extend(found(
-                                "orphans",
+                                PreflightCode::Orphans,
                                 &table,
                                 n,
                                 samples,
@@ -370,7 +418,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                     .await
                     {
                         Ok((n, samples)) => out.extend(found(
-                            "check-violations",
+                            PreflightCode::CheckViolations,
                             &table,
                             n,
                             samples,
@@ -404,7 +452,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                         .await
                         {
                             out.extend(found(
-                                "uncastable",
+                                PreflightCode::Uncastable,
                                 &table,
                                 n,
                                 samples,
@@ -467,7 +515,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                 .await
                 {
                     out.extend(found(
-                        "duplicates",
+                        PreflightCode::Duplicates,
                         &table,
                         n,
                         samples,
@@ -486,7 +534,7 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                 .await
                 {
                     out.extend(found(
-                        "null-after-update",
+                        PreflightCode::NullAfterUpdate,
                         &table,
                         n,
                         samples,
@@ -515,7 +563,7 @@ async fn duplicates(client: &Client, table: &str, cols: &str, line: usize) -> Op
     .await
     .ok()?;
     (n > 0).then(|| PreflightFinding {
-        code: "duplicates".into(),
+        code: PreflightCode::Duplicates,
         line,
         table: table.into(),
         count: n,

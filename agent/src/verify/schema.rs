@@ -15,7 +15,7 @@ pub struct SchemaSnapshot {
 }
 
 /// One difference.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SchemaChange {
     /// `table`, `column`, `index`, `constraint`, `sequence`, `view`, `function`, `invalid-index`,
     /// `unvalidated-constraint`.

@@ -1,0 +1,211 @@
+//! The agent's Prometheus metrics (`GET /metrics`), named by Prometheus conventions: `understudy_` prefix, base
+//! units, `_total` for counters. Labels carry sandbox names, states, verdicts and error kinds, never secrets or
+//! row data.
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::error::ErrorKind;
+use crate::report::Verdict;
+use crate::sandbox::{SandboxState, SandboxStatus};
+
+/// Every metric the agent serves.
+pub struct Metrics {
+    registry: Registry,
+    sandbox_state: IntGaugeVec,
+    lag_bytes: GaugeVec,
+    lag_seconds: GaugeVec,
+    wal_retained_bytes: GaugeVec,
+    wal_budget_bytes: GaugeVec,
+    server_restarts: IntCounterVec,
+    ddl_applied: IntCounterVec,
+    last_current: GaugeVec,
+    dryruns: IntCounterVec,
+    dryruns_running: IntGaugeVec,
+    errors: IntCounterVec,
+}
+
+const STATES: [SandboxState; 4] = [
+    SandboxState::InitialSync,
+    SandboxState::Ready,
+    SandboxState::Degraded,
+    SandboxState::Stale,
+];
+
+fn state_label(state: SandboxState) -> &'static str {
+    match state {
+        SandboxState::InitialSync => "initial-sync",
+        SandboxState::Ready => "ready",
+        SandboxState::Degraded => "degraded",
+        SandboxState::Stale => "stale",
+    }
+}
+
+/// A metric definition that cannot fail but for a programming error (a duplicate name); reported, not panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl crate::error::Classify for MetricsError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
+            let g = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let info = int_gauge("understudy_agent_info", "The agent's version (always 1)", &["version"])?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(Metrics {
+            sandbox_state: int_gauge(
+                "understudy_sandbox_state",
+                "1 for the state each sandbox is in, 0 for the others",
+                &["sandbox", "state"],
+            )?,
+            lag_bytes: gauge(
+                "understudy_sandbox_apply_lag_bytes",
+                "WAL the sandbox has not yet confirmed from its source",
+                &["sandbox"],
+            )?,
+            lag_seconds: gauge(
+                "understudy_sandbox_apply_lag_seconds",
+                "How far the sandbox's confirmed position trails its source",
+                &["sandbox"],
+            )?,
+            wal_retained_bytes: gauge(
+                "understudy_sandbox_wal_retained_bytes",
+                "WAL the sandbox's slot keeps on the source",
+                &["sandbox"],
+            )?,
+            wal_budget_bytes: gauge(
+                "understudy_sandbox_wal_budget_bytes",
+                "The most WAL the slot may keep on the source before the breaker drops it",
+                &["sandbox"],
+            )?,
+            server_restarts: counter(
+                "understudy_sandbox_server_restarts_total",
+                "Restarts of a sandbox's PostgreSQL server by the agent after it stopped or crashed",
+                &["sandbox"],
+            )?,
+            ddl_applied: counter(
+                "understudy_sandbox_ddl_applied_total",
+                "Source schema changes the follower applied to the sandbox",
+                &["sandbox"],
+            )?,
+            last_current: gauge(
+                "understudy_sandbox_last_current_timestamp_seconds",
+                "When the sandbox was last seen current (ready, within its lag threshold), as a Unix time",
+                &["sandbox"],
+            )?,
+            dryruns: counter(
+                "understudy_dryruns_total",
+                "Dry-runs finished, by verdict (pass, warn, fail) or outcome (error, cancelled)",
+                &["sandbox", "result"],
+            )?,
+            dryruns_running: int_gauge(
+                "understudy_dryruns_running",
+                "Dry-runs accepted and not finished",
+                &["sandbox"],
+            )?,
+            errors: counter(
+                "understudy_errors_total",
+                "Errors of API calls and background passes, by kind",
+                &["kind"],
+            )?,
+            registry,
+        })
+    }
+
+    /// Records a sandbox's status.
+    pub fn sandbox(&self, st: &SandboxStatus) {
+        let name = st.name.as_str();
+        for state in STATES {
+            self.sandbox_state
+                .with_label_values(&[name, state_label(state)])
+                .set(i64::from(st.state == state));
+        }
+        let set = |g: &GaugeVec, v: Option<f64>| match v {
+            Some(v) => g.with_label_values(&[name]).set(v),
+            None => {
+                let _ = g.remove_label_values(&[name]);
+            }
+        };
+        set(&self.lag_bytes, st.lag_bytes.map(|b| b as f64));
+        set(&self.lag_seconds, st.lag_seconds);
+        set(&self.wal_retained_bytes, st.retained_wal_bytes.map(|b| b as f64));
+        set(&self.wal_budget_bytes, Some(st.wal_budget_bytes as f64));
+    }
+
+    pub fn sandbox_current(&self, name: &str, at: jiff::Timestamp) {
+        self.last_current
+            .with_label_values(&[name])
+            .set(at.as_millisecond() as f64 / 1000.0);
+    }
+
+    pub fn server_restarted(&self, name: &str) {
+        self.server_restarts.with_label_values(&[name]).inc();
+    }
+
+    pub fn ddl_applied(&self, name: &str, n: usize) {
+        self.ddl_applied.with_label_values(&[name]).inc_by(n as u64);
+    }
+
+    /// Forgets a deleted sandbox.
+    pub fn forget_sandbox(&self, name: &str) {
+        for state in STATES {
+            let _ = self.sandbox_state.remove_label_values(&[name, state_label(state)]);
+        }
+        for g in [
+            &self.lag_bytes,
+            &self.lag_seconds,
+            &self.wal_retained_bytes,
+            &self.wal_budget_bytes,
+            &self.last_current,
+        ] {
+            let _ = g.remove_label_values(&[name]);
+        }
+    }
+
+    pub fn dryrun_started(&self, sandbox: &str) {
+        self.dryruns_running.with_label_values(&[sandbox]).inc();
+    }
+
+    /// A dry-run ended with `verdict`, or without a report (`None`: an error, or `cancelled`).
+    pub fn dryrun_finished(&self, sandbox: &str, verdict: Option<Verdict>, cancelled: bool) {
+        self.dryruns_running.with_label_values(&[sandbox]).dec();
+        let result = match (verdict, cancelled) {
+            (Some(v), _) => v.as_str(),
+            (None, true) => "cancelled",
+            (None, false) => "error",
+        };
+        self.dryruns.with_label_values(&[sandbox, result]).inc();
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.with_label_values(&[kind.metric_label()]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,97 @@
+//! The Markdown of a dry-run report, for a pull-request comment.
+
+use super::text::{first_line, ms};
+use super::{DryRunReport, Finding, Severity, Verdict};
+
+impl DryRunReport {
+    /// Markdown for a pull-request comment.
+    pub fn markdown(&self) -> String {
+        let icon = match self.verdict.result {
+            Verdict::Pass => "✅ pass",
+            Verdict::Warn => "⚠️ warn",
+            Verdict::Fail => "❌ fail",
+        };
+        let mut o = format!(
+            "### Understudy dry-run: {icon}\n\n`{}` on sandbox `{}` under replayed production writes.\n\n",
+            self.migration.file, self.sandbox
+        );
+        for r in &self.verdict.reasons {
+            o.push_str(&format!("- {r}\n"));
+        }
+        o.push_str(
+            "\n| line | statement | duration | locks held | blocked writes | result |\n|---|---|---|---|---|---|\n",
+        );
+        for s in &self.migration.statements {
+            let locks: Vec<String> = s
+                .locks
+                .iter()
+                .map(|l| format!("{} on `{}` ({})", l.mode, l.relation, ms(l.held_ms)))
+                .collect();
+            o.push_str(&format!(
+                "| {} | `{}` | {} | {} | {} | {} |\n",
+                s.outcome.line,
+                first_line(&s.outcome.sql).replace('|', "\\|"),
+                ms(s.outcome.duration_ms),
+                if locks.is_empty() {
+                    "-".into()
+                } else {
+                    locks.join("<br>")
+                },
+                s.blocked_writes,
+                if s.outcome.ok {
+                    "ok".to_string()
+                } else {
+                    format!("**{}**", s.outcome.sqlstate.clone().unwrap_or_else(|| "error".into()))
+                }
+            ));
+        }
+        let w = &self.writes;
+        o.push_str(&format!(
+            "\n**Writes**: {} replayed, {} failed, {} blocked (max wait {}), longest lock queue {}. \
+             p99 latency before/during/after: {} / {} / {}.\n",
+            w.replayed,
+            w.failed,
+            w.blocked,
+            ms(w.blocked_max_ms),
+            self.locks.longest_queue,
+            ms(w.latency.before.p99_ms),
+            ms(w.latency.during.p99_ms),
+            ms(w.latency.after.p99_ms)
+        ));
+        let notable: Vec<&Finding> = self.findings.iter().filter(|f| f.severity != Severity::Info).collect();
+        if !notable.is_empty() {
+            o.push_str("\n| severity | finding | where | evidence | fix |\n|---|---|---|---|---|\n");
+            for f in notable {
+                o.push_str(&format!(
+                    "| {} | **{}** {} | {} | {} | {} |\n",
+                    if f.severity == Severity::Fail {
+                        "❌ fail"
+                    } else {
+                        "⚠️ warn"
+                    },
+                    f.code,
+                    f.title.replace('|', "\\|"),
+                    f.line
+                        .map(|l| format!("`{}:{l}`", f.file.clone().unwrap_or_default()))
+                        .unwrap_or_default(),
+                    f.evidence.replace('|', "\\|"),
+                    f.remedy.replace('|', "\\|")
+                ));
+            }
+        }
+        if !w.failures.is_empty() {
+            o.push_str("\n| table | write | SQLSTATE | count | error |\n|---|---|---|---|---|\n");
+            for f in &w.failures {
+                o.push_str(&format!(
+                    "| `{}` | {} | {} | {} | {} |\n",
+                    f.table,
+                    f.kind,
+                    f.sqlstate,
+                    f.count,
+                    f.message.replace('|', "\\|")
+                ));
+            }
+        }
+        o
+    }
+}

@@ -1,0 +1,180 @@
+//! The dry-run report: a JSON document with a stable schema (`docs/report.md`), a terminal summary ([`text`])
+//! and Markdown for a pull-request comment ([`markdown`]); the findings ([`finding`]) and the verdict
+//! ([`verdict`]) they lead to.
+
+pub mod finding;
+mod markdown;
+mod text;
+pub mod verdict;
+
+use serde::Serialize;
+
+pub use finding::{Finding, FindingCode, Severity};
+pub use verdict::{RollbackPolicy, Thresholds, Verdict, VerdictReport, judge};
+
+use crate::locks::{BlockEpisode, HeldLock, MigrationWait};
+use crate::migrate::StatementOutcome;
+use crate::replay::live::{WriteFailure, WriteKind};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Default, utoipa::ToSchema)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut values_ms: Vec<f64>) -> Self {
+        if values_ms.is_empty() {
+            return Percentiles::default();
+        }
+        values_ms.sort_by(f64::total_cmp);
+        let at = |q: f64| values_ms[((values_ms.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            count: values_ms.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ForkSummary {
+    pub name: String,
+    pub strategy: String,
+    pub fork_point: String,
+    pub pause_ms: u64,
+    pub ready_ms: u64,
+    pub kept: bool,
+    /// WAL the sandbox had not yet confirmed from its source when it was forked.
+    pub sandbox_lag_bytes: Option<u64>,
+    /// How far behind its source the sandbox was when it was forked, in seconds.
+    pub sandbox_lag_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StatementReport {
+    #[serde(flatten)]
+    pub outcome: StatementOutcome,
+    pub locks: Vec<HeldLock>,
+    pub waits: Vec<MigrationWait>,
+    /// Replayed writes that waited behind the migration while this statement ran.
+    pub blocked_writes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MigrationReport {
+    pub file: String,
+    pub ok: bool,
+    pub duration_ms: f64,
+    pub skipped: usize,
+    pub statements: Vec<StatementReport>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FailureGroup {
+    pub table: String,
+    pub kind: WriteKind,
+    pub sqlstate: String,
+    pub count: usize,
+    pub message: String,
+    pub sample: String,
+}
+
+impl FailureGroup {
+    pub fn group(failures: &[WriteFailure]) -> Vec<FailureGroup> {
+        let mut groups: Vec<FailureGroup> = Vec::new();
+        for f in failures {
+            match groups
+                .iter_mut()
+                .find(|g| g.table == f.table && g.kind == f.kind && g.sqlstate == f.sqlstate)
+            {
+                Some(g) => g.count += 1,
+                None => groups.push(FailureGroup {
+                    table: f.table.clone(),
+                    kind: f.kind,
+                    sqlstate: f.sqlstate.clone(),
+                    count: 1,
+                    message: f.message.clone(),
+                    sample: f.sample.clone(),
+                }),
+            }
+        }
+        groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+        groups
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Latency {
+    pub before: Percentiles,
+    pub during: Percentiles,
+    pub after: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WritesReport {
+    pub replayed: usize,
+    pub per_second: f64,
+    pub failed: usize,
+    pub blocked: usize,
+    pub blocked_total_ms: f64,
+    pub blocked_max_ms: f64,
+    pub latency: Latency,
+    /// How far behind production's commit replayed writes finished.
+    pub lag: Percentiles,
+    pub failures: Vec<FailureGroup>,
+    /// Transactions read but not applied when the run ended.
+    pub unapplied: usize,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LocksSummary {
+    pub sample_interval_ms: f64,
+    pub samples: usize,
+    pub longest_queue: usize,
+    pub longest_queue_relation: Option<String>,
+    pub blocked_sessions: Vec<BlockEpisode>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReadProbe {
+    pub table: String,
+    pub probes: usize,
+    pub max_ms: f64,
+    /// Time the probe spent in reads slower than 100 ms.
+    pub blocked_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Windows {
+    pub warmup_ms: f64,
+    pub migration_ms: f64,
+    pub after_ms: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DryRunReport {
+    pub schema_version: u32,
+    pub understudy_version: String,
+    pub sandbox: String,
+    pub started_at: String,
+    pub fork: ForkSummary,
+    pub windows: Windows,
+    pub migration: MigrationReport,
+    pub writes: WritesReport,
+    pub locks: LocksSummary,
+    pub reads: Vec<ReadProbe>,
+    /// Data-dependent pre-flight of the up-migration (counted on the control twin before the migration ran).
+    pub preflight: Vec<crate::verify::preflight::PreflightFinding>,
+    /// The migrated fork against its control twin; `None` with `--no-verify`.
+    pub verification: Option<crate::verify::twins::Verification>,
+    pub rollback: crate::verify::twins::Rollback,
+    pub findings: Vec<Finding>,
+    pub verdict: VerdictReport,
+}

@@ -1,0 +1,11 @@
+//! Test support and demo content, kept out of the shipped library: an embedded "production" with production's
+//! shapes ([`source`]), a steady application writer ([`writer`]), the curated migrations of the demo
+//! ([`migrations`]), `understudy demo` itself ([`demo`]) and the harness the tests share ([`harness`]).
+
+pub mod demo;
+pub mod harness;
+pub mod migrations;
+pub mod source;
+pub mod writer;
+
+pub use demo::{DemoOptions, run as demo};
