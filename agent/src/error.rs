@@ -87,86 +87,12 @@ pub trait Classify {
     fn kind(&self) -> ErrorKind;
 }
 
-/// The kind of the outermost error in `err`'s chain that the library knows (errors of other crates, such as a
-/// context message, are skipped); `Internal` when none is.
-pub fn kind_of_chain<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> ErrorKind {
-    chain.into_iter().find_map(kind_of).unwrap_or(ErrorKind::Internal)
-}
-
-macro_rules! classify_any {
-    ($err:expr, $($t:ty),+ $(,)?) => {
-        $(if let Some(e) = $err.downcast_ref::<$t>() {
-            return Some(e.kind());
-        })+
-    };
-}
-
-/// The kind of one error, if it is one of the library's.
-pub fn kind_of(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
-    classify_any!(
-        err,
-        crate::pg::PgError,
-        crate::pg::conninfo::ConnInfoError,
-        crate::source::names::InvalidName,
-        crate::source::PreflightFailed,
-        crate::sandbox::SandboxError,
-        crate::fork::ForkError,
-        crate::dryrun::DryRunError,
-        crate::dryrun::config::ConfigError,
-        crate::schedule::ScheduleError,
-        crate::migrate::PlanError,
-        crate::units::UnitError,
-        crate::dryrun::RequestError,
-        crate::runs::RunError,
-        crate::metrics::MetricsError,
-        crate::agent::AgentError,
-        UsageError,
-    );
-    None
-}
-
 /// Bad input found by a caller of the library (the command line, the API): an unreadable file, a bad argument.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
 impl Classify for UsageError {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Invalid
-    }
-}
-
-impl Classify for crate::units::UnitError {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Invalid
-    }
-}
-
-impl Classify for crate::schedule::ScheduleError {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Invalid
-    }
-}
-
-impl Classify for crate::migrate::PlanError {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Invalid
-    }
-}
-
-impl Classify for crate::source::names::InvalidName {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Invalid
-    }
-}
-
-impl Classify for crate::source::PreflightFailed {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Invalid
-    }
-}
-
-impl Classify for crate::pg::conninfo::ConnInfoError {
     fn kind(&self) -> ErrorKind {
         ErrorKind::Invalid
     }
@@ -187,13 +113,5 @@ mod tests {
         assert!(ErrorKind::NotReady.retryable());
         assert_eq!(ErrorKind::Internal.http_status(), 500);
         assert_eq!(ErrorKind::Cancelled.exit_code(), 130);
-    }
-
-    #[test]
-    fn the_outermost_known_error_decides() {
-        let err = anyhow::Error::new(UsageError("bad".into())).context("while reading the plan");
-        assert_eq!(kind_of_chain(err.chain()), ErrorKind::Invalid);
-        let other = anyhow::anyhow!("something else");
-        assert_eq!(kind_of_chain(other.chain()), ErrorKind::Internal);
     }
 }

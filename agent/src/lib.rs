@@ -2,6 +2,7 @@
 //! Kubernetes pods call into this library; see `docs/architecture.md` for the module map.
 
 pub mod agent;
+pub mod classify;
 pub mod cow;
 pub mod dryrun;
 pub mod error;

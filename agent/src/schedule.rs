@@ -126,6 +126,12 @@ pub async fn wait_until(target: &Zoned) {
     }
 }
 
+impl crate::error::Classify for ScheduleError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

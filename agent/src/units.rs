@@ -172,6 +172,12 @@ serde_as_text!(
     "A size with a unit: 512MiB, 8GiB (KiB/MiB/GiB/TiB are powers of 1024; KB/MB/GB of 1000)"
 );
 
+impl crate::error::Classify for UnitError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

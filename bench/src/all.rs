@@ -26,8 +26,9 @@ use understudy::fork::Strategy;
 use understudy::source::SandboxName;
 
 use crate::dryrun::{self, Figures, Settings};
-use crate::fork::{self, Rig, ScaleReport};
+use crate::fork::{self, ScaleReport};
 use crate::lab::{Lab, Machine};
+use crate::rig::Rig;
 use crate::sync::{self, SyncReport};
 use crate::table::{self, Table, secs};
 use crate::{AllArgs, ForkArgs, Sizes, SyncArgs, run};

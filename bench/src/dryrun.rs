@@ -5,7 +5,7 @@
 //! cargo run --release -p understudy-bench -- dryrun --scale 10
 //! ```
 //!
-//! 1. **Replay throughput**: [`understudy::dryrun::run`] of a no-op migration (`SELECT 1;`) without verification,
+//! 1. **Replay throughput**: [`understudy::dryrun::execute`] of a no-op migration (`SELECT 1;`) without verification,
 //!    warm-up 5 s, after 5 s. The report's `writes.replayed` and `writes.per_second` are set beside the source's
 //!    own rate in the same window: every pgbench transaction inserts exactly one `pgbench_history` row, and a task
 //!    counts that table on the source every 100 ms; the window starts when the library says it starts replaying

@@ -72,6 +72,7 @@ mod lag;
 mod load;
 mod noise;
 mod pgtool;
+mod rig;
 mod run;
 mod sync;
 mod table;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::fork::Rig;
 use crate::lab::Lab;
+use crate::rig::Rig;
 
 /// Runs `work` until it ends or Ctrl-C. An error is printed here, with a note that clean-up follows.
 pub async fn interruptible<T>(work: impl Future<Output = Result<T>>) -> Result<T> {

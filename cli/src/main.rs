@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            let kind: ErrorKind = understudy::error::kind_of_chain(err.chain());
+            let kind: ErrorKind = understudy::classify::kind_of_chain(err.chain());
             ExitCode::from(kind.exit_code())
         }
     }

@@ -174,6 +174,33 @@ async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
     assert_eq!(done["phase"], "succeeded", "{done}");
     assert_eq!(done["verdict"], "fail", "{done}");
     assert!(done["events"].as_array().is_some_and(|e| e.len() > 3), "{done}");
+    // Its events, as server-sent events, end with its end.
+    let events = agent
+        .http
+        .get(agent.url(&format!("/v1/dryruns/{id}/events")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("events");
+    assert!(
+        events
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    );
+    let stream = events.text().await.expect("event stream");
+    let data: Vec<serde_json::Value> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).expect("an event is JSON"))
+        .collect();
+    assert!(data.iter().any(|e| e["phase"] == "migrating"), "{stream}");
+    assert_eq!(
+        data.last().map(|e| e["phase"].clone()),
+        Some(json!("succeeded")),
+        "{stream}"
+    );
     let (status, report) = agent.get(&format!("/v1/dryruns/{id}/report")).await;
     assert_eq!(status, 200);
     assert!(report["fork"]["sandbox_lag_seconds"].is_number(), "{}", report["fork"]);

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::locks::BlockEpisode;
+use crate::locks::{BlockEpisode, LockReport};
+use crate::migrate::MigrationOutcome;
 use crate::replay::live::WriteRecord;
 use crate::report::{FailureGroup, Latency, Percentiles, StatementReport, WritesReport};
 
@@ -17,6 +18,39 @@ pub(crate) struct Timeline {
     pub after_ended: Instant,
     /// The lock sampler's interval: a wait is seen up to one interval late.
     pub sample_interval: Duration,
+}
+
+/// When each statement of the migration ran: `(index, start, end)`.
+pub(crate) fn statement_spans(outcome: &MigrationOutcome) -> Vec<(usize, Instant, Instant)> {
+    outcome
+        .statements
+        .iter()
+        .filter_map(|s| Some((s.index, s.started_at?, s.ended_at?)))
+        .collect()
+}
+
+/// Each statement with the locks it took and the waits it had (no blocked writes counted yet).
+pub(crate) fn statements(outcome: &MigrationOutcome, locks: &LockReport) -> Vec<StatementReport> {
+    outcome
+        .statements
+        .iter()
+        .map(|s| StatementReport {
+            outcome: s.clone(),
+            locks: locks
+                .held
+                .iter()
+                .filter(|l| l.statement == Some(s.index))
+                .cloned()
+                .collect(),
+            waits: locks
+                .migration_waits
+                .iter()
+                .filter(|w| w.statement == Some(s.index))
+                .cloned()
+                .collect(),
+            blocked_writes: 0,
+        })
+        .collect()
 }
 
 /// How long `r` waited behind the migration, if it did: its worker waited in an episode, or it queued for a

@@ -20,9 +20,7 @@ use crate::migrate::{self, MigrationOutcome};
 use crate::pg::connect::connect_plain;
 use crate::pg::{PgError, quote_ident};
 use crate::replay::live::{LiveConfig, LiveReplay};
-use crate::report::{
-    self, DryRunReport, ForkSummary, LocksSummary, MigrationReport, ReadProbe, StatementReport, Windows,
-};
+use crate::report::{self, DryRunReport, ForkSummary, LocksSummary, MigrationReport, ReadProbe, Windows};
 use crate::sandbox::{SandboxMeta, StateDir};
 use crate::verify::data::{self, Since};
 use crate::verify::twins;
@@ -47,6 +45,36 @@ struct Verifiers {
     since: Since,
 }
 
+impl Verifiers {
+    async fn open(migrated: &str, control: &str) -> Result<Self, DryRunError> {
+        let a = connect_plain(migrated, "understudy-verify").await?;
+        let b = connect_plain(control, "understudy-verify").await?;
+        let since = Since {
+            a: data::next_xid(&a).await?,
+            b: data::next_xid(&b).await?,
+        };
+        Ok(Verifiers { a, b, since })
+    }
+}
+
+/// What the windows measured.
+struct Measured {
+    preflight: Vec<crate::verify::preflight::PreflightFinding>,
+    reads: Vec<ReadProbe>,
+    outcome: MigrationOutcome,
+    pid: i32,
+    timeline: Timeline,
+    records: Vec<crate::replay::live::WriteRecord>,
+    control_records: Option<Vec<crate::replay::live::WriteRecord>>,
+    /// Where both twins stopped (a position of the sandbox's WAL).
+    upto: Lsn,
+    samples: Vec<locks::LockSample>,
+    rounds: usize,
+    /// Transactions read but not applied when the replay was told to stop.
+    unapplied: usize,
+    worker_pids: Vec<i32>,
+}
+
 fn quoted(table: &str) -> String {
     table.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
 }
@@ -68,116 +96,34 @@ impl Run<'_> {
             sandbox.database
         );
         let verifiers = match &control_conninfo {
-            Some(conninfo) => {
-                let a = connect_plain(&fork_conninfo, "understudy-verify").await?;
-                let b = connect_plain(conninfo, "understudy-verify").await?;
-                let since = Since {
-                    a: data::next_xid(&a).await?,
-                    b: data::next_xid(&b).await?,
-                };
-                Some(Verifiers { a, b, since })
-            }
+            Some(conninfo) => Some(Verifiers::open(&fork_conninfo, conninfo).await?),
             None => None,
         };
-        let replay_of = |slot: &str, target: &str| LiveConfig {
-            sandbox_conninfo: sandbox_conninfo.clone(),
-            capture_slot: slot.to_string(),
-            publication: fork::CAPTURE_PUBLICATION.into(),
-            fork_conninfo: target.to_string(),
-            workers: self.opts.workers,
-            poll_interval: Duration::from_millis(20),
-        };
-        let mut replay = LiveReplay::start(&replay_of(&self.fork.capture_slot, &fork_conninfo)).await?;
-        let mut control_replay = match (self.control, &control_conninfo) {
-            (Some(c), Some(conninfo)) => Some(LiveReplay::start(&replay_of(&c.capture_slot, conninfo)).await?),
-            _ => None,
-        };
-        let sampler = Sampler::start(
-            connect_plain(&fork_conninfo, "understudy-locks").await?,
-            self.opts.sample_interval,
-        );
+        let m = self
+            .windows(&fork_conninfo, control_conninfo.as_deref(), &sandbox_conninfo)
+            .await?;
 
-        self.progress.phase(RunPhase::Replaying);
-        let warmup_started = Instant::now();
-        let preflight = self
-            .warmup(control_conninfo.clone().unwrap_or_else(|| fork_conninfo.clone()))
-            .await;
-        let watchers = Watchers::start(&fork_conninfo, &self.inputs.plan, &self.opts.long_readers).await?;
-
-        self.progress.phase(RunPhase::Migrating);
-        let (outcome, pid, migration_started, migration_ended) = self.migrate(&fork_conninfo).await?;
-        let after_sleep = self
-            .opts
-            .after
-            .min(self.deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(after_sleep).await;
-        let after_ended = Instant::now();
-        let reads = watchers.stop().await;
-
-        let unapplied_before_stop = replay.backlog();
-        let worker_pids = replay.worker_pids.clone();
-        let upto = hold_twins(&mut replay, control_replay.as_mut(), &sandbox_conninfo).await?;
-        let (records, control_records) = tokio::join!(replay.stop_at(upto, Duration::from_secs(60)), async {
-            match control_replay {
-                Some(r) => r.stop_at(upto, Duration::from_secs(60)).await.map(Some),
-                None => Ok(None),
-            }
-        });
-        let (records, control_records) = (records?, control_records?);
-
-        let (samples, rounds) = sampler.stop().await?;
-        let statement_spans: Vec<(usize, Instant, Instant)> = outcome
-            .statements
-            .iter()
-            .filter_map(|s| Some((s.index, s.started_at?, s.ended_at?)))
-            .collect();
         let lock_report = locks::analyse(
-            &samples,
-            rounds,
+            &m.samples,
+            m.rounds,
             self.opts.sample_interval,
-            pid,
-            migration_started,
-            &statement_spans,
+            m.pid,
+            m.timeline.migration_started,
+            &blocked::statement_spans(&m.outcome),
         );
-        let mut statements: Vec<StatementReport> = outcome
-            .statements
-            .iter()
-            .map(|s| StatementReport {
-                outcome: s.clone(),
-                locks: lock_report
-                    .held
-                    .iter()
-                    .filter(|l| l.statement == Some(s.index))
-                    .cloned()
-                    .collect(),
-                waits: lock_report
-                    .migration_waits
-                    .iter()
-                    .filter(|w| w.statement == Some(s.index))
-                    .cloned()
-                    .collect(),
-                blocked_writes: 0,
-            })
-            .collect();
+        let mut statements = blocked::statements(&m.outcome, &lock_report);
         let episodes: Vec<&locks::BlockEpisode> = lock_report
             .blocked
             .iter()
-            .filter(|e| worker_pids.contains(&e.pid))
+            .filter(|e| m.worker_pids.contains(&e.pid))
             .collect();
-        let timeline = Timeline {
-            warmup_started,
-            migration_started,
-            migration_ended,
-            after_ended,
-            sample_interval: self.opts.sample_interval,
-        };
-        let writes = blocked::writes(&records, &episodes, &mut statements, &timeline, unapplied_before_stop);
+        let writes = blocked::writes(&m.records, &episodes, &mut statements, &m.timeline, m.unapplied);
 
-        let mut all_findings = findings::preflight(&preflight, &self.inputs.file);
-        let (verification, rollback) = match (&verifiers, &control_records) {
+        let mut all_findings = findings::preflight(&m.preflight, &self.inputs.file);
+        let (verification, rollback) = match (&verifiers, &m.control_records) {
             (Some(v), Some(control_records)) => {
-                all_findings.extend(findings::replay_health(&records, control_records));
-                self.verify(v, &fork_conninfo, upto, outcome.ok).await?
+                all_findings.extend(findings::replay_health(&m.records, control_records));
+                self.verify(v, &fork_conninfo, m.upto, m.outcome.ok).await?
             }
             _ => (None, twins::Rollback::default()),
         };
@@ -186,7 +132,7 @@ impl Run<'_> {
                 v,
                 &rollback,
                 self.inputs.down.is_some(),
-                outcome.ok,
+                m.outcome.ok,
             ));
         }
         all_findings.extend(crate::lint::evidence::findings(
@@ -194,33 +140,24 @@ impl Run<'_> {
             &self.inputs.file,
             &statements,
         ));
-        let verdict = report::judge(&outcome, &statements, &writes, &self.opts.thresholds, &all_findings);
-
+        let verdict = report::judge(&m.outcome, &statements, &writes, &self.opts.thresholds, &all_findings);
+        let t = &m.timeline;
         Ok(DryRunReport {
             schema_version: report::SCHEMA_VERSION,
             understudy_version: env!("CARGO_PKG_VERSION").into(),
             sandbox: self.opts.sandbox.to_string(),
             started_at,
-            fork: ForkSummary {
-                name: self.fork.name.to_string(),
-                strategy: self.fork.strategy.as_str().into(),
-                fork_point: self.fork.lsn.map(|l| l.to_string()).unwrap_or_default(),
-                pause_ms: self.fork.timings.pause_ms,
-                ready_ms: self.fork.timings.total_ms,
-                kept: self.opts.keep_fork,
-                sandbox_lag_bytes: self.lag.bytes,
-                sandbox_lag_seconds: self.lag.seconds,
-            },
+            fork: self.fork_summary(),
             windows: Windows {
-                warmup_ms: (migration_started - warmup_started).as_secs_f64() * 1000.0,
-                migration_ms: (migration_ended - migration_started).as_secs_f64() * 1000.0,
-                after_ms: (after_ended - migration_ended).as_secs_f64() * 1000.0,
+                warmup_ms: (t.migration_started - t.warmup_started).as_secs_f64() * 1000.0,
+                migration_ms: (t.migration_ended - t.migration_started).as_secs_f64() * 1000.0,
+                after_ms: (t.after_ended - t.migration_ended).as_secs_f64() * 1000.0,
             },
             migration: MigrationReport {
                 file: self.inputs.file.clone(),
-                ok: outcome.ok,
-                duration_ms: outcome.duration_ms,
-                skipped: outcome.skipped,
+                ok: m.outcome.ok,
+                duration_ms: m.outcome.duration_ms,
+                skipped: m.outcome.skipped,
                 statements,
             },
             writes,
@@ -231,12 +168,98 @@ impl Run<'_> {
                 longest_queue_relation: lock_report.longest_queue_relation.clone(),
                 blocked_sessions: lock_report.blocked.clone(),
             },
-            reads,
-            preflight,
+            reads: m.reads,
+            preflight: m.preflight,
             verification,
             rollback,
             findings: all_findings,
             verdict,
+        })
+    }
+
+    fn fork_summary(&self) -> ForkSummary {
+        ForkSummary {
+            name: self.fork.name.to_string(),
+            strategy: self.fork.strategy.as_str().into(),
+            fork_point: self.fork.lsn.map(|l| l.to_string()).unwrap_or_default(),
+            pause_ms: self.fork.timings.pause_ms,
+            ready_ms: self.fork.timings.total_ms,
+            kept: self.opts.keep_fork,
+            sandbox_lag_bytes: self.lag.bytes,
+            sandbox_lag_seconds: self.lag.seconds,
+        }
+    }
+
+    /// The replays, the lock sampler, the warm-up, the migration, the after window; then both twins stopped at
+    /// one point of the stream.
+    async fn windows(
+        &self,
+        fork_conninfo: &str,
+        control_conninfo: Option<&str>,
+        sandbox_conninfo: &str,
+    ) -> Result<Measured, DryRunError> {
+        let replay_of = |slot: &str, target: &str| LiveConfig {
+            sandbox_conninfo: sandbox_conninfo.to_string(),
+            capture_slot: slot.to_string(),
+            publication: fork::CAPTURE_PUBLICATION.into(),
+            fork_conninfo: target.to_string(),
+            workers: self.opts.workers,
+            poll_interval: Duration::from_millis(20),
+        };
+        let mut replay = LiveReplay::start(&replay_of(&self.fork.capture_slot, fork_conninfo)).await?;
+        let mut control_replay = match (self.control, control_conninfo) {
+            (Some(c), Some(conninfo)) => Some(LiveReplay::start(&replay_of(&c.capture_slot, conninfo)).await?),
+            _ => None,
+        };
+        let sampler = Sampler::start(
+            connect_plain(fork_conninfo, "understudy-locks").await?,
+            self.opts.sample_interval,
+        );
+
+        self.progress.phase(RunPhase::Replaying);
+        let warmup_started = Instant::now();
+        let preflight = self.warmup(control_conninfo.unwrap_or(fork_conninfo).to_string()).await;
+        let watchers = Watchers::start(fork_conninfo, &self.inputs.plan, &self.opts.long_readers).await?;
+
+        self.progress.phase(RunPhase::Migrating);
+        let (outcome, pid, migration_started, migration_ended) = self.migrate(fork_conninfo).await?;
+        let after_sleep = self
+            .opts
+            .after
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(after_sleep).await;
+        let after_ended = Instant::now();
+        let reads = watchers.stop().await;
+
+        let unapplied = replay.backlog();
+        let worker_pids = replay.worker_pids.clone();
+        let upto = hold_twins(&mut replay, control_replay.as_mut(), sandbox_conninfo).await?;
+        let (records, control_records) = tokio::join!(replay.stop_at(upto, Duration::from_secs(60)), async {
+            match control_replay {
+                Some(r) => r.stop_at(upto, Duration::from_secs(60)).await.map(Some),
+                None => Ok(None),
+            }
+        });
+        let (samples, rounds) = sampler.stop().await?;
+        Ok(Measured {
+            preflight,
+            reads,
+            outcome,
+            pid,
+            timeline: Timeline {
+                warmup_started,
+                migration_started,
+                migration_ended,
+                after_ended,
+                sample_interval: self.opts.sample_interval,
+            },
+            records: records?,
+            control_records: control_records?,
+            upto,
+            samples,
+            rounds,
+            unapplied,
+            worker_pids,
         })
     }
 

@@ -157,6 +157,12 @@ pub fn target_tables(sql: &str) -> Vec<String> {
     out
 }
 
+impl crate::error::Classify for PlanError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

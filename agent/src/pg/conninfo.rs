@@ -279,6 +279,12 @@ fn decode(text: &str) -> Result<String, ConnInfoError> {
     String::from_utf8(out).map_err(|_| ConnInfoError(format!("{text:?} is not UTF-8 once decoded")))
 }
 
+impl crate::error::Classify for ConnInfoError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

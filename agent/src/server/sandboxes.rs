@@ -78,6 +78,18 @@ impl Creations {
         self.0.lock().ok().and_then(|c| c.get(name).cloned())
     }
 
+    /// Creations that failed, by name.
+    fn failed(&self) -> Vec<(String, ErrorBody)> {
+        self.0
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|(n, e)| e.clone().map(|e| (n.clone(), e)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn set(&self, name: &str, state: Option<Option<ErrorBody>>) {
         if let Ok(mut c) = self.0.lock() {
             match state {
@@ -219,6 +231,18 @@ pub async fn list(State(app): State<App>) -> Json<Vec<SandboxView>> {
             supervision: snap.map(|s| s.supervision),
         });
     }
+    for (name, error) in app.creations.failed() {
+        if out.iter().all(|v| v.name != name) {
+            out.push(SandboxView {
+                name,
+                state: None,
+                creating: false,
+                creation_error: Some(error),
+                status: None,
+                supervision: None,
+            });
+        }
+    }
     Json(out)
 }
 
@@ -255,10 +279,18 @@ pub async fn show(State(app): State<App>, ApiPath(name): ApiPath<String>) -> Res
     }
     let meta = SandboxMeta::load(&dir)?;
     let creating = creation == Some(None) || meta.phase == SandboxState::InitialSync;
+    let snapshot = app.supervisor.snapshot(&name);
     let status = if creating {
         None
     } else {
-        Some(sandbox::status(&app.state, &name).await?)
+        match sandbox::status(&app.state, &name).await {
+            Ok(st) => Some(st),
+            // A server restarting between two queries: the last refreshed status says more than an error.
+            Err(e) => match snapshot.as_ref().and_then(|s| s.status.clone()) {
+                Some(st) => Some(st),
+                None => return Err(e.into()),
+            },
+        }
     };
     Ok(Json(SandboxView {
         name: name.to_string(),
@@ -266,7 +298,7 @@ pub async fn show(State(app): State<App>, ApiPath(name): ApiPath<String>) -> Res
         creating,
         creation_error: None,
         status,
-        supervision: app.supervisor.snapshot(&name).map(|s| s.supervision),
+        supervision: snapshot.map(|s| s.supervision),
     }))
 }
 

@@ -81,6 +81,12 @@ impl fmt::Display for SandboxName {
     }
 }
 
+impl crate::error::Classify for InvalidName {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -328,3 +328,9 @@ pub async fn run(
 fn join(names: &[QualifiedName]) -> String {
     names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
+
+impl crate::error::Classify for PreflightFailed {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}

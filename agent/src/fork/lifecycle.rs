@@ -1,0 +1,142 @@
+//! A fork's end: removal (its server, files or database, its capture slot), the sweep of expired and
+//! abandoned forks, and the sandbox's apply turned back on after an interrupted pause.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::Strategy;
+use super::meta::{ForkError, ForkMeta, ForkPhase, fork_dir, forks_dir, io};
+use crate::pg::{PgError, quote_ident};
+use crate::sandbox::{PAUSE_LOCK, SandboxMeta, SandboxState, StateDir, cluster_of};
+use crate::source::SandboxName;
+
+/// Removes a fork: its server and files (or database), and its capture slot on the sandbox.
+pub(super) async fn remove(state: &StateDir, meta: &ForkMeta, dir: &Path) -> Result<(), ForkError> {
+    if let Some(cluster) = meta.own_cluster()? {
+        cluster.stop(crate::pg::StopMode::Immediate).await.ok();
+        cluster.kill_strays();
+    }
+    for pid in crate::pg::cluster::postmasters_under(dir) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    let sandbox_dir = state.sandbox_dir(&meta.sandbox);
+    if let Ok(sandbox) = SandboxMeta::load(&sandbox_dir)
+        && let Ok(cluster) = cluster_of(&sandbox)
+        && let Ok(admin) = cluster.connect(crate::sandbox::admin_database(&sandbox.database)).await
+    {
+        if meta.strategy == Strategy::Template {
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&meta.database)
+                ))
+                .await;
+        }
+        if let Ok(db) = cluster.connect(&sandbox.database).await {
+            let _ = crate::source::objects::drop_slot(&db, &meta.capture_slot).await;
+        }
+        // An interrupted pause must not leave the sandbox's apply disabled.
+        if let Ok(db) = cluster.connect(&sandbox.database).await {
+            let _ = ensure_enabled(&admin, &db, &sandbox).await;
+        }
+    }
+    let _ = crate::cow::remove_dir(&dir.join("pgdata"));
+    // A copy interrupted with its process may still be writing for a moment: retry.
+    let mut attempts = 0;
+    while dir.exists() {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(_) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(ForkError::Io {
+                    what: format!("removing {}", dir.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-enables a ready sandbox's subscription left disabled by an interrupted fork (unless a fork holds the pause).
+pub async fn ensure_enabled(admin: &Client, db: &Client, sandbox: &SandboxMeta) -> Result<bool, ForkError> {
+    if sandbox.phase != SandboxState::Ready {
+        return Ok(false);
+    }
+    let free: bool = admin
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&PAUSE_LOCK])
+        .await
+        .map_err(PgError::sql("checking the pause lock"))?
+        .get(0);
+    if !free {
+        return Ok(false);
+    }
+    let disabled: bool = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1 AND NOT subenabled)",
+            &[&sandbox.subscription],
+        )
+        .await
+        .map_err(PgError::sql("reading pg_subscription"))?
+        .get(0);
+    if disabled {
+        db.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} ENABLE",
+            quote_ident(&sandbox.subscription)
+        ))
+        .await
+        .map_err(PgError::sql("re-enabling the subscription"))?;
+    }
+    let _ = admin.query("SELECT pg_advisory_unlock($1)", &[&PAUSE_LOCK]).await;
+    Ok(disabled)
+}
+
+/// Deletes fork `name`.
+pub async fn delete(state: &StateDir, name: &SandboxName) -> Result<(), ForkError> {
+    let dir = fork_dir(state, name);
+    if !dir.exists() {
+        return Err(ForkError::NotFound(name.to_string()));
+    }
+    match ForkMeta::load(&dir) {
+        Ok(meta) => remove(state, &meta, &dir).await,
+        Err(_) => std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display()))),
+    }
+}
+
+/// Every fork's metadata.
+pub fn list(state: &StateDir) -> Vec<ForkMeta> {
+    let mut forks: Vec<ForkMeta> = std::fs::read_dir(forks_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| ForkMeta::load(&e.path()).ok())
+        .collect();
+    forks.sort_by_key(|f| f.created_at);
+    forks
+}
+
+/// Removes expired forks and forks whose creation was interrupted; returns their names.
+pub async fn sweep(state: &StateDir) -> Result<Vec<String>, ForkError> {
+    let now = jiff::Timestamp::now();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let Ok(meta) = ForkMeta::load(&dir) else { continue };
+        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        let abandoned = (meta.phase == ForkPhase::Creating && !alive(meta.creator_pid))
+            || meta.owner_pid.is_some_and(|pid| !alive(pid));
+        if abandoned || meta.expires_at < now {
+            remove(state, &meta, &dir).await?;
+            removed.push(meta.name.to_string());
+        }
+    }
+    Ok(removed)
+}
