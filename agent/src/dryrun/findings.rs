@@ -200,3 +200,6 @@ pub fn verification(v: &Verification, rollback: &Rollback, down_given: bool, up_
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

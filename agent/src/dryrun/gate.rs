@@ -203,3 +203,184 @@ pub(crate) fn judge(st: &SandboxStatus, max_lag: Duration) -> Judged {
         None => Judged::Measure,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::state::LastError;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A ready, running sandbox with the given lag.
+    fn status(lag_seconds: Option<f64>, lag_bytes: Option<u64>) -> SandboxStatus {
+        SandboxStatus {
+            name: "shop".into(),
+            state: SandboxState::Ready,
+            reasons: Vec::new(),
+            source: "host=db.internal dbname=shop".into(),
+            publication: "understudy_shop".into(),
+            slot: "understudy_shop".into(),
+            cluster: "host=/tmp port=6543 dbname=shop".into(),
+            cluster_running: true,
+            apply_worker_running: true,
+            apply_error_count: 0,
+            received_lsn: None,
+            applied_lsn: None,
+            source_lsn: None,
+            confirmed_lsn: None,
+            lag_bytes,
+            lag_seconds,
+            retained_wal_bytes: None,
+            wal_status: None,
+            wal_budget_bytes: 8 << 30,
+            tables: Vec::new(),
+            drift: Vec::new(),
+            last_error: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn in_state(state: SandboxState, reasons: &[&str]) -> SandboxStatus {
+        SandboxStatus {
+            state,
+            reasons: reasons.iter().map(ToString::to_string).collect(),
+            ..status(Some(0.1), Some(0))
+        }
+    }
+
+    fn last_error(fix: &str) -> Option<LastError> {
+        Some(LastError {
+            message: "could not apply a change".into(),
+            fix: fix.into(),
+            at: jiff::Timestamp::UNIX_EPOCH,
+        })
+    }
+
+    fn describe(j: &Judged) -> String {
+        match j {
+            Judged::Refuse(r) => format!("Refuse({:?}, {:?})", r.reason, r.fix),
+            Judged::Current(s) => format!("Current({s})"),
+            Judged::Measure => "Measure".into(),
+        }
+    }
+
+    /// The refusal's reason and fix.
+    fn refused(st: &SandboxStatus) -> (String, String) {
+        match judge(st, LIMIT) {
+            Judged::Refuse(r) => (r.reason, r.fix),
+            other => panic!("expected a refusal, got {}", describe(&other)),
+        }
+    }
+
+    #[test]
+    fn a_stale_sandbox_is_refused_with_recreate() {
+        let (reason, fix) = refused(&in_state(
+            SandboxState::Stale,
+            &["the slot understudy_shop is gone from the source"],
+        ));
+        assert_eq!(reason, "it is stale: the slot understudy_shop is gone from the source");
+        assert_eq!(
+            fix,
+            "recreate it: understudy sandbox delete shop && understudy sandbox create shop ..."
+        );
+    }
+
+    #[test]
+    fn a_sandbox_still_copying_is_refused_with_wait() {
+        let (reason, fix) = refused(&in_state(SandboxState::InitialSync, &[]));
+        assert_eq!(reason, "its initial copy is still running");
+        assert_eq!(fix, "wait until `understudy sandbox status shop` says ready");
+    }
+
+    #[test]
+    fn a_degraded_sandbox_is_refused_with_its_errors_fix() {
+        let mut st = in_state(
+            SandboxState::Degraded,
+            &["apply worker failing", "schema drift on public.orders"],
+        );
+        let (reason, fix) = refused(&st);
+        assert_eq!(
+            reason,
+            "it is degraded: apply worker failing; schema drift on public.orders"
+        );
+        assert_eq!(fix, "see `understudy sandbox status shop`");
+        st.last_error = last_error("apply the schema change on the sandbox by hand");
+        assert_eq!(refused(&st).1, "apply the schema change on the sandbox by hand");
+    }
+
+    #[test]
+    fn a_sandbox_whose_server_or_worker_is_down_is_refused() {
+        let fix = "start the agent for this state directory (`understudy agent`, or any `understudy sandbox` command \
+                   starts it), then see `understudy sandbox status shop`";
+        let down = SandboxStatus {
+            cluster_running: false,
+            apply_worker_running: false,
+            ..status(Some(0.0), Some(0))
+        };
+        assert_eq!(
+            refused(&down),
+            ("its server is not running".to_string(), fix.to_string())
+        );
+        let no_worker = SandboxStatus {
+            apply_worker_running: false,
+            ..status(Some(0.0), Some(0))
+        };
+        assert_eq!(
+            refused(&no_worker),
+            ("its apply worker is not running".to_string(), fix.to_string())
+        );
+    }
+
+    #[test]
+    fn a_sandbox_lagging_over_the_limit_is_refused() {
+        let (reason, fix) = refused(&status(Some(12.46), Some(4096)));
+        assert_eq!(
+            reason,
+            "it lags 12.5 s behind the source, more than --max-sandbox-lag 10s"
+        );
+        assert_eq!(
+            fix,
+            "wait for it to catch up, or raise --max-sandbox-lag if a report on older data is acceptable"
+        );
+    }
+
+    #[test]
+    fn a_sandbox_within_the_limit_is_current_with_its_lag() {
+        for (seconds, bytes, expected) in [
+            (Some(2.5), Some(4096), 2.5),
+            // The limit itself is not over it.
+            (Some(10.0), None, 10.0),
+            // Nothing unconfirmed: no lag, whatever the source's replay_lag.
+            (None, Some(0), 0.0),
+        ] {
+            match judge(&status(seconds, bytes), LIMIT) {
+                Judged::Current(s) => assert_eq!(s, expected, "{seconds:?} {bytes:?}"),
+                other => panic!("{seconds:?} {bytes:?}: expected current, got {}", describe(&other)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_sandbox_whose_lag_is_unknown_is_measured() {
+        for bytes in [Some(8192), None] {
+            let j = judge(&status(None, bytes), LIMIT);
+            assert!(matches!(j, Judged::Measure), "{bytes:?}: {}", describe(&j));
+        }
+    }
+
+    #[test]
+    fn lag_and_fix_are_described_for_the_refusal() {
+        assert_eq!(describe_lag(&status(Some(1.24), Some(300))), "1.2 s (300 bytes)");
+        assert_eq!(describe_lag(&status(None, Some(300))), "unknown seconds (300 bytes)");
+        assert_eq!(describe_lag(&status(Some(3.0), None)), "3.0 s");
+        assert_eq!(describe_lag(&status(None, None)), "unknown");
+        let name = SandboxName::parse("shop").expect("valid name");
+        let mut st = status(None, None);
+        assert_eq!(fix_for(&name, &st), "see `understudy sandbox status shop`");
+        st.last_error = last_error("grant SELECT on public.orders to the replication user");
+        assert_eq!(
+            fix_for(&name, &st),
+            "grant SELECT on public.orders to the replication user; see `understudy sandbox status shop`"
+        );
+    }
+}

@@ -95,3 +95,45 @@ impl DryRunReport {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::report::sample::{self, failing_report, passing_report};
+    use crate::report::{FindingCode, Severity, Thresholds, judge};
+
+    #[test]
+    fn markdown_of_a_failing_run() {
+        insta::assert_snapshot!(failing_report().markdown());
+    }
+
+    #[test]
+    fn markdown_of_a_passing_run() {
+        let md = passing_report().markdown();
+        // Only informational findings and no failed writes: neither table.
+        assert!(!md.contains("| severity |") && !md.contains("| SQLSTATE |"), "{md}");
+        insta::assert_snapshot!(md);
+    }
+
+    #[test]
+    fn a_warning_run_is_marked_warn() {
+        let mut r = passing_report();
+        r.findings.push(sample::finding(
+            FindingCode::RollbackUntested,
+            Severity::Warn,
+            "rollback untested: no down-migration given",
+        ));
+        r.verdict = judge(
+            &sample::outcome_of(&r.migration.statements, 0),
+            &r.migration.statements,
+            &r.writes,
+            &Thresholds::default(),
+            &r.findings,
+        );
+        let md = r.markdown();
+        assert!(md.starts_with("### Understudy dry-run: ⚠️ warn\n"), "{md}");
+        assert!(
+            md.contains("| ⚠️ warn | **rollback-untested** rollback untested: no down-migration given |  |  |  |\n"),
+            "{md}"
+        );
+    }
+}

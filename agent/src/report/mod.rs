@@ -4,6 +4,8 @@
 
 pub mod finding;
 mod markdown;
+#[cfg(test)]
+pub(crate) mod sample;
 mod text;
 pub mod verdict;
 
@@ -177,4 +179,65 @@ pub struct DryRunReport {
     pub rollback: crate::verify::twins::Rollback,
     pub findings: Vec<Finding>,
     pub verdict: VerdictReport,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample::{failing_report, write_failure};
+
+    #[test]
+    fn percentiles_pick_ranks_of_the_sorted_values() {
+        let p = Percentiles::of(vec![5.0, 1.0, 3.0]);
+        assert_eq!((p.count, p.p50_ms, p.p99_ms, p.max_ms), (3, 3.0, 5.0, 5.0));
+        let hundred: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = Percentiles::of(hundred);
+        assert_eq!((p.count, p.p50_ms, p.p99_ms, p.max_ms), (100, 51.0, 99.0, 100.0));
+        let p = Percentiles::of(Vec::new());
+        assert_eq!((p.count, p.p50_ms, p.p99_ms, p.max_ms), (0, 0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn failures_group_by_table_kind_and_sqlstate_most_first() {
+        let f =
+            |table: &str, kind, sqlstate: &str, message: &str| write_failure(table, kind, sqlstate, message, message);
+        let groups = FailureGroup::group(&[
+            f("public.a", WriteKind::Insert, "23502", "first"),
+            f("public.b", WriteKind::Insert, "23502", "b"),
+            f("public.b", WriteKind::Insert, "23502", "b again"),
+            f("public.a", WriteKind::Insert, "23502", "second"),
+            f("public.a", WriteKind::Update, "23502", "update"),
+            f("public.a", WriteKind::Insert, "23505", "unique"),
+            f("public.b", WriteKind::Insert, "23502", "b third"),
+        ]);
+        let got: Vec<(&str, WriteKind, &str, usize, &str)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.table.as_str(),
+                    g.kind,
+                    g.sqlstate.as_str(),
+                    g.count,
+                    g.message.as_str(),
+                )
+            })
+            .collect();
+        // The first failure of a group is its message and sample; ties keep their first appearance.
+        assert_eq!(
+            got,
+            vec![
+                ("public.b", WriteKind::Insert, "23502", 3, "b"),
+                ("public.a", WriteKind::Insert, "23502", 2, "first"),
+                ("public.a", WriteKind::Update, "23502", 1, "update"),
+                ("public.a", WriteKind::Insert, "23505", 1, "unique"),
+            ]
+        );
+        assert_eq!(groups[1].sample, "first");
+        assert!(FailureGroup::group(&[]).is_empty());
+    }
+
+    #[test]
+    fn json_of_a_failing_run() {
+        insta::assert_json_snapshot!(failing_report());
+    }
 }

@@ -129,3 +129,68 @@ impl DryRunReport {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample::{failing_report, passing_report};
+    use crate::report::{FindingCode, Severity, sample};
+
+    #[test]
+    fn text_of_a_failing_run() {
+        insta::assert_snapshot!(failing_report().text());
+    }
+
+    #[test]
+    fn text_of_a_passing_run() {
+        insta::assert_snapshot!(passing_report().text());
+    }
+
+    #[test]
+    fn a_warning_run_says_warn() {
+        let mut r = passing_report();
+        r.findings.push(sample::finding(
+            FindingCode::ConstraintNotValid,
+            Severity::Warn,
+            "constraint public.orders.orders_customer_fk is left NOT VALID",
+        ));
+        r.verdict = crate::report::judge(
+            &sample::outcome_of(&r.migration.statements, 0),
+            &r.migration.statements,
+            &r.writes,
+            &crate::report::Thresholds::default(),
+            &r.findings,
+        );
+        let text = r.text();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("dry-run of migrations/0042_orders_note.sql on sandbox shop: WARN")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("  - constraint public.orders.orders_customer_fk is left NOT VALID")
+        );
+    }
+
+    #[test]
+    fn durations_switch_to_seconds_at_one_second() {
+        assert_eq!(ms(0.0), "0 ms");
+        assert_eq!(ms(999.4), "999 ms");
+        assert_eq!(ms(1000.0), "1.00 s");
+        assert_eq!(ms(61234.5), "61.23 s");
+    }
+
+    #[test]
+    fn a_statement_shows_as_its_first_line_cut_at_70_characters() {
+        assert_eq!(first_line("CREATE INDEX i\n    ON t (c);"), "CREATE INDEX i");
+        assert_eq!(first_line(""), "");
+        let seventy = "x".repeat(70);
+        assert_eq!(first_line(&seventy), seventy);
+        let long = format!("{seventy}é");
+        assert_eq!(first_line(&long), format!("{}…", "x".repeat(69)));
+        // Characters, not bytes.
+        let accents = "é".repeat(71);
+        assert_eq!(first_line(&accents), format!("{}…", "é".repeat(69)));
+    }
+}
