@@ -27,14 +27,11 @@ fn module_of(src: &Path, file: &Path) -> Module {
     parts
 }
 
-/// The module paths a file names after `crate::` and `super::` (grouped imports expanded one level).
+/// The module paths a file names after `crate::` and `super::` (grouped imports expanded one level). Test code
+/// (from a file's first `#[cfg(test)]` on) is not the shipped dependency graph and is left out.
 fn references(text: &str, this: &Module) -> Vec<Module> {
     let mut out = Vec::new();
-    let code: String = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let code = without_tests(text);
     let bytes = code.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -63,6 +60,25 @@ fn references(text: &str, this: &Module) -> Vec<Module> {
         i += skip;
     }
     out
+}
+
+/// `text` without comments and test code: a `#[cfg(test)]` module with a body ends the file's shipped code; a
+/// `#[cfg(test)]` declaration or item line is dropped.
+fn without_tests(text: &str) -> String {
+    let mut kept = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "#[cfg(test)]" {
+            match lines.next() {
+                Some(next) if next.trim_end().ends_with('{') && next.contains("mod ") => break,
+                _ => continue,
+            }
+        }
+        if !line.trim_start().starts_with("//") {
+            kept.push(line);
+        }
+    }
+    kept.join("\n")
 }
 
 fn prev_is_ident(bytes: &[u8], i: usize) -> bool {
@@ -131,7 +147,7 @@ fn sibling_cycles(src: &Path) -> Vec<String> {
     let modules: BTreeSet<Module> = files.iter().map(|f| module_of(src, f)).collect();
     // Edges between siblings under their lowest common parent.
     let mut graphs: BTreeMap<Module, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-    for file in &files {
+    for file in files.iter().filter(|f| f.file_stem().is_none_or(|s| s != "tests")) {
         let this = module_of(src, file);
         let text = std::fs::read_to_string(file).expect("read");
         for target in references(&text, &this) {

@@ -6,6 +6,25 @@ use crate::report::{Finding, FindingCode, Severity};
 use crate::verify::preflight::PreflightFinding;
 use crate::verify::twins::{Rollback, Verification};
 
+/// Rows of a check's output as people read them: `(7, NULL); (8, x)`, at most five rows.
+fn rows(rows: &[Vec<Option<String>>]) -> String {
+    if rows.is_empty() {
+        return "no rows".into();
+    }
+    let mut shown: Vec<String> = rows
+        .iter()
+        .take(5)
+        .map(|r| {
+            let cells: Vec<&str> = r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect();
+    if rows.len() > 5 {
+        shown.push(format!("… {} rows in all", rows.len()));
+    }
+    shown.join("; ")
+}
+
 /// One failing finding per pre-flight count, at its statement's line in `file`.
 pub fn preflight(found: &[PreflightFinding], file: &str) -> Vec<Finding> {
     found
@@ -136,7 +155,7 @@ pub fn verification(v: &Verification, rollback: &Rollback, down_given: bool, up_
                 FindingCode::CheckChanged,
                 Severity::Warn,
                 format!("check {:?} (line {}) changed", c.name, c.line),
-                format!("migrated: {:?}; control: {:?}", c.migrated, c.control),
+                format!("migrated: {}; control: {}", rows(&c.migrated), rows(&c.control)),
                 "confirm the new output is what the migration intends",
             ));
         }

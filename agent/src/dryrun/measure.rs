@@ -70,7 +70,7 @@ struct Measured {
     upto: Lsn,
     samples: Vec<locks::LockSample>,
     rounds: usize,
-    /// Transactions read but not applied when the replay was told to stop.
+    /// Transactions read but not applied when the replay stopped.
     unapplied: usize,
     worker_pids: Vec<i32>,
 }
@@ -231,7 +231,6 @@ impl Run<'_> {
         let after_ended = Instant::now();
         let reads = watchers.stop().await;
 
-        let unapplied = replay.backlog();
         let worker_pids = replay.worker_pids.clone();
         let upto = hold_twins(&mut replay, control_replay.as_mut(), sandbox_conninfo).await?;
         let (records, control_records) = tokio::join!(replay.stop_at(upto, Duration::from_secs(60)), async {
@@ -253,12 +252,12 @@ impl Run<'_> {
                 after_ended,
                 sample_interval: self.opts.sample_interval,
             },
-            records: records?,
-            control_records: control_records?,
+            unapplied: records.as_ref().map(|r| r.unapplied).unwrap_or(0),
+            records: records?.records,
+            control_records: control_records?.map(|r| r.records),
             upto,
             samples,
             rounds,
-            unapplied,
             worker_pids,
         })
     }

@@ -164,11 +164,12 @@ pub fn analyse(
                 }
             }
         }
-        let mut queue: HashMap<&str, usize> = HashMap::new();
+        // Ordered by relation, so that of two queues as long the same one is named every time.
+        let mut queue: BTreeMap<&str, usize> = BTreeMap::new();
         for s in waiting.iter().filter(|s| s.is_relation) {
             *queue.entry(s.target.as_str()).or_default() += 1;
         }
-        if let Some((rel, n)) = queue.into_iter().max_by_key(|(_, n)| *n)
+        if let Some((rel, n)) = queue.into_iter().rev().max_by_key(|(_, n)| *n)
             && n > report.longest_queue
         {
             report.longest_queue = n;

@@ -216,13 +216,13 @@ impl LiveReplay {
 
     /// Stops reading (after one last read of everything the sandbox has applied), lets the workers apply what
     /// was read (for at most `drain`), and returns every record.
-    pub async fn stop(self, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
+    pub async fn stop(self, drain: Duration) -> Result<Stopped, ReplayError> {
         self.finish(Signal::Stop, drain).await
     }
 
     /// Stops after applying exactly the transactions that committed on the sandbox before `upto`: two replays
     /// stopped at the same LSN have applied the same stream.
-    pub async fn stop_at(self, upto: Lsn, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
+    pub async fn stop_at(self, upto: Lsn, drain: Duration) -> Result<Stopped, ReplayError> {
         self.finish(Signal::StopAt(upto), drain).await
     }
 
@@ -233,7 +233,7 @@ impl LiveReplay {
         let _ = self.held.wait_for(|h| *h).await;
     }
 
-    async fn finish(self, signal: Signal, drain: Duration) -> Result<Vec<WriteRecord>, ReplayError> {
+    async fn finish(self, signal: Signal, drain: Duration) -> Result<Stopped, ReplayError> {
         let _ = self.stop.send(signal);
         let gone = || ReplayError::Task("the replay task was already stopped".into());
         let reader = self.reader.into_handle().ok_or_else(gone)?;
@@ -244,8 +244,18 @@ impl LiveReplay {
             Err(_) => dispatcher.abort(),
         }
         let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
-        Ok(records)
+        let unapplied = self.backlog.lock().map(|b| *b).unwrap_or(0);
+        Ok(Stopped { records, unapplied })
     }
+}
+
+/// What a stopped replay did.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// Every transaction applied (or failed) on the fork, in the order they ended.
+    pub records: Vec<WriteRecord>,
+    /// Transactions read but not applied when it stopped (its drain ran out of time).
+    pub unapplied: usize,
 }
 
 async fn read_loop(

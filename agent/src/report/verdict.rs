@@ -195,7 +195,14 @@ pub fn judge(
         });
     }
     if reasons.is_empty() {
-        reasons.push(format!("{} replayed writes, none failed or blocked", writes.replayed));
+        reasons.push(if writes.failed == 0 && writes.blocked == 0 {
+            format!("{} replayed writes, none failed or blocked", writes.replayed)
+        } else {
+            format!(
+                "{} replayed writes; {} failed and {} waited behind the migration, within the thresholds",
+                writes.replayed, writes.failed, writes.blocked
+            )
+        });
     }
     VerdictReport { result, reasons }
 }

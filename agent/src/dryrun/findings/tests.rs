@@ -344,7 +344,7 @@ fn checks_that_fail_or_change_warn() {
             ),
         ]
     );
-    assert_eq!(f[0].evidence, "migrated: [[Some(\"7\")]]; control: [[Some(\"9\")]]");
+    assert_eq!(f[0].evidence, "migrated: (7); control: (9)");
     assert_eq!(f[1].evidence, "relation \"nope\" does not exist");
 }
 
@@ -453,4 +453,12 @@ fn a_rollback_that_restores_everything_is_proven() {
             "the down-migration restores the control twin's schema and data (4 tables compared)".to_string()
         )]
     );
+}
+
+#[test]
+fn check_rows_read_as_tuples_with_null_and_at_most_five() {
+    assert_eq!(super::rows(&[]), "no rows");
+    assert_eq!(super::rows(&[vec![Some("7".into()), None]]), "(7, NULL)");
+    let many: Vec<Vec<Option<String>>> = (0..7).map(|i| vec![Some(i.to_string())]).collect();
+    assert_eq!(super::rows(&many), "(0); (1); (2); (3); (4); … 7 rows in all");
 }
