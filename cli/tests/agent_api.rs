@@ -66,14 +66,7 @@ fn promtool_check(metrics: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
     let root = TempRoot::new("api");
-    let source = sample_source(&root, 2_000).await;
-    source
-        .admin()
-        .await
-        .expect("admin")
-        .batch_execute(&seed())
-        .await
-        .expect("seed");
+    let source = seeded_source(&root, 2_000).await;
     let state = root.state();
     let mut agent = Agent::start(&state, &[]).await;
 
@@ -217,9 +210,7 @@ async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
 
     let file = root.path().join("not-null.sql");
     std::fs::write(&file, SET_NOT_NULL).expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("--state-dir")
-        .arg(state.root())
+    let out = cli(&state)
         .args([
             "dry-run",
             "--sandbox",
@@ -358,9 +349,7 @@ async fn tls_serves_the_api_and_a_second_agent_is_refused() {
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
 
     // One agent per state directory; a short token is refused with the fix.
-    let out = std::process::Command::new(bin())
-        .arg("--state-dir")
-        .arg(state.root())
+    let out = cli(&state)
         .args(["agent", "--token-file"])
         .arg(state.root().join("test.token"))
         .output()
@@ -374,9 +363,7 @@ async fn tls_serves_the_api_and_a_second_agent_is_refused() {
     drop(agent);
     let short = root.path().join("short.token");
     std::fs::write(&short, "abc").expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("--state-dir")
-        .arg(state.root())
+    let out = cli(&state)
         .args(["agent", "--token-file"])
         .arg(&short)
         .output()

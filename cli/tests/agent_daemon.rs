@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,13 +12,8 @@ use understudy::pg::ClusterStatus;
 use understudy::sandbox::{self, SandboxMeta};
 use understudy::source::SandboxName;
 
-fn cli(state: &understudy::sandbox::StateDir, args: &[&str]) -> std::process::Output {
-    Command::new(bin())
-        .arg("--state-dir")
-        .arg(state.root())
-        .args(args)
-        .output()
-        .expect("run understudy")
+fn run(state: &understudy::sandbox::StateDir, args: &[&str]) -> std::process::Output {
+    cli(state).args(args).output().expect("run understudy")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,9 +21,7 @@ async fn a_sandbox_left_alone_follows_ddl_and_comes_back_from_kill_9() {
     let root = TempRoot::new("alone");
     let source = sample_source(&root, 5_000).await;
     let state = root.state();
-    let out = Command::new(bin())
-        .arg("--state-dir")
-        .arg(state.root())
+    let out = cli(&state)
         .args([
             "sandbox",
             "create",
@@ -45,13 +37,13 @@ async fn a_sandbox_left_alone_follows_ddl_and_comes_back_from_kill_9() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("the agent (pid"), "{stdout}");
     let agent = understudy::agent::running(&state).expect("sandbox create leaves an agent running");
-    let status = cli(&state, &["sandbox", "status", "shop"]);
+    let status = run(&state, &["sandbox", "status", "shop"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains(&format!("agent        running (pid {}", agent.pid)),
         "{text}"
     );
-    let again = cli(&state, &["agent", "start"]);
+    let again = run(&state, &["agent", "start"]);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains(&format!("pid {}", agent.pid)),
         "one agent only"
@@ -103,20 +95,20 @@ async fn a_sandbox_left_alone_follows_ddl_and_comes_back_from_kill_9() {
         wait_caught_up(&source, &meta).await;
         assert_parity(&source, &meta, &sample_tables()).await;
     }
-    let view = cli(&state, &["sandbox", "status", "shop", "--format", "json"]);
+    let view = run(&state, &["sandbox", "status", "shop", "--format", "json"]);
     let st: serde_json::Value = serde_json::from_slice(&view.stdout).expect("status json");
     assert_eq!(st["state"], "ready", "{st}");
     assert_eq!(st["agent"]["pid"], agent.pid);
 
     // Deleted while the agent watches it: nothing restarts it, nothing stays on the source.
-    let out = cli(&state, &["sandbox", "delete", "shop"]);
+    let out = run(&state, &["sandbox", "delete", "shop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(understudy::pg::cluster::postmasters_under(&state.sandbox_dir(&name)).is_empty());
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
-    let out = cli(&state, &["agent", "stop"]);
+    let out = run(&state, &["agent", "stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(understudy::agent::running(&state).is_none());
-    let out = cli(&state, &["agent", "status"]);
+    let out = run(&state, &["agent", "status"]);
     assert_eq!(out.status.code(), Some(3));
 }

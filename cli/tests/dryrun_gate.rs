@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use fixtures::harness::*;
 use understudy::fork;
@@ -48,9 +46,7 @@ async fn a_sandbox_whose_apply_worker_is_stopped_is_refused_and_a_current_one_re
     let file = root.path().join("flag.sql");
     std::fs::write(&file, "ALTER TABLE orders ADD COLUMN flag boolean;\n").expect("write");
     let run = |extra: &[&str]| {
-        Command::new(bin())
-            .arg("--state-dir")
-            .arg(state.root())
+        cli(&state)
             .args([
                 "dry-run",
                 "--sandbox",

@@ -13,15 +13,8 @@ use understudy::sandbox::{self, StateDir};
 use understudy::source::{Replicate, SandboxName};
 use understudy::verify::preflight::PreflightCode;
 
-/// accounts: 1,000 rows; 123 with plan NULL; 37 whose org_id matches no org; 500 with a plan_note.
-/// users: 200 rows; 15 mixed-case duplicate pairs of e-mails; 9 NULL e-mails.
-fn seed() -> String {
-    format!(
-        "{}\nALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;\n\
-         GRANT SELECT ON orgs, accounts, users TO understudy_replicator;",
-        fixtures::migrations::SEED
-    )
-}
+// The seed (`seeded_source`): accounts: 1,000 rows; 123 with plan NULL; 37 whose org_id matches no org; 500 with
+// a plan_note. users: 200 rows; 15 mixed-case duplicate pairs of e-mails; 9 NULL e-mails.
 
 fn options(root: &TempRoot, name: &str, up: &str, down: Option<&str>, checks: Option<&str>) -> DryRunOptions {
     let write = |suffix: &str, text: &str| {
@@ -68,14 +61,7 @@ fn assert_clean(state: &StateDir) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_shaped_failures_rollback_proof_and_a_safe_migration() {
     let root = TempRoot::new("verify");
-    let source = sample_source(&root, 20_000).await;
-    source
-        .admin()
-        .await
-        .expect("admin")
-        .batch_execute(&seed())
-        .await
-        .expect("seed");
+    let source = seeded_source(&root, 20_000).await;
     let opts = create_options(&root, &source, "shop", Replicate::Publication("shop_pub".into()));
     let meta = sandbox::create(&opts, &quiet).await.expect("sandbox");
     let state = root.state();

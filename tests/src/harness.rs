@@ -82,6 +82,26 @@ pub async fn sample_source(root: &TempRoot, rows: i64) -> SourceServer {
     source
 }
 
+/// A source with the sample schema and the seed's shapes (`orgs`, `accounts`, `users`: NULLs in old rows, orphans,
+/// mixed-case duplicate e-mails), all published as `shop_pub` and readable by the replication role.
+pub async fn seeded_source(root: &TempRoot, rows: i64) -> SourceServer {
+    let source = sample_source(root, rows).await;
+    let seed = format!(
+        "{}\nALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;\n\
+         GRANT SELECT ON orgs, accounts, users TO {};",
+        crate::migrations::SEED,
+        understudy::pg::quote_ident(crate::source::REPLICATOR)
+    );
+    source
+        .admin()
+        .await
+        .expect("admin")
+        .batch_execute(&seed)
+        .await
+        .expect("seed");
+    source
+}
+
 pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replicate: Replicate) -> CreateOptions {
     CreateOptions {
         name: SandboxName::parse(name).expect("valid name"),

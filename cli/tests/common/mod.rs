@@ -15,6 +15,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_understudy")
 }
 
+/// `understudy --state-dir STATE`, to which a test adds its arguments.
+pub fn cli(state: &StateDir) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--state-dir").arg(state.root());
+    cmd
+}
+
 /// A running agent, killed when dropped.
 pub struct Agent {
     pub child: Child,
@@ -178,12 +185,3 @@ pub async fn wait_for_record(state: &StateDir, pid: u32, log: &Path) -> AgentRec
 
 /// A migration that fails on the seed's data: `plan` has NULLs in 123 rows of accounts.
 pub const SET_NOT_NULL: &str = "ALTER TABLE accounts ALTER COLUMN plan SET NOT NULL;\n";
-
-/// The seed's extra tables published and readable by the replication role.
-pub fn seed() -> String {
-    format!(
-        "{}\nALTER PUBLICATION shop_pub ADD TABLE orgs, accounts, users;\n\
-         GRANT SELECT ON orgs, accounts, users TO understudy_replicator;",
-        fixtures::migrations::SEED
-    )
-}
