@@ -145,7 +145,20 @@ async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
+    let (status, ready) = agent.get("/readyz").await;
+    assert_eq!(status, 503, "a sandbox being created is not ready: {ready}");
+    assert_eq!(ready["not_current"][0]["sandbox"], "shop", "{ready}");
     let view = wait_ready(&agent, "shop").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, ready) = agent.get("/readyz").await;
+        if status == 200 {
+            assert_eq!(ready["ready"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert!(!view.to_string().contains(password), "{view}");
     let (_, list) = agent.get("/v1/sandboxes").await;
     assert!(!list.to_string().contains(password));
@@ -348,9 +361,10 @@ async fn tls_serves_the_api_and_a_second_agent_is_refused() {
     let plain = reqwest::get(format!("http://{}/healthz", agent.record.address)).await;
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
 
-    // One agent per state directory; a short token is refused with the fix.
+    // One agent per state directory (`sandbox watch` is the agent in the foreground); a short token is refused
+    // with the fix.
     let out = cli(&state)
-        .args(["agent", "--token-file"])
+        .args(["sandbox", "watch", "--token-file"])
         .arg(state.root().join("test.token"))
         .output()
         .expect("second agent");

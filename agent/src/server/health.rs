@@ -40,15 +40,21 @@ pub struct Readiness {
         (status = 503, description = "Some sandbox is not", body = Readiness),
     ))]
 pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Readiness>) {
-    let (ready, not) = app.supervisor.readiness();
+    let (_, mut not) = app.supervisor.readiness();
+    for name in app.creations.in_progress() {
+        if not.iter().all(|(n, _)| *n != name) {
+            not.push((name, "being created".into()));
+        }
+    }
     let body = Readiness {
-        ready,
-        sandboxes: app.supervisor.snapshots().len(),
+        ready: not.is_empty(),
+        sandboxes: app.state.sandbox_names().len(),
         not_current: not
             .into_iter()
             .map(|(sandbox, reason)| NotCurrent { sandbox, reason })
             .collect(),
     };
+    let ready = body.ready;
     let status = if ready {
         StatusCode::OK
     } else {

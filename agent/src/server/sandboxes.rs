@@ -78,6 +78,14 @@ impl Creations {
         self.0.lock().ok().and_then(|c| c.get(name).cloned())
     }
 
+    /// Sandboxes being created.
+    pub fn in_progress(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|c| c.iter().filter(|(_, e)| e.is_none()).map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Creations that failed, by name.
     fn failed(&self) -> Vec<(String, ErrorBody)> {
         self.0

@@ -199,18 +199,22 @@ impl Supervisor {
         self.rescan();
     }
 
-    /// Whether every sandbox is current; the reasons of those that are not.
+    /// Whether every sandbox of the state directory is current; the reasons of those that are not (one not
+    /// watched or not refreshed yet is not current).
     pub fn readiness(&self) -> (bool, Vec<(String, String)>) {
+        let snapshots: BTreeMap<SandboxName, Snapshot> = self.snapshots().into_iter().collect();
         let mut not = Vec::new();
-        for (name, snap) in self.snapshots() {
-            if !snap.supervision.current {
-                let reason = snap
+        for name in self.state.sandbox_names() {
+            let reason = match snapshots.get(&name) {
+                Some(snap) if snap.supervision.current => continue,
+                Some(snap) => snap
                     .supervision
                     .not_current_reason
                     .clone()
-                    .unwrap_or_else(|| "not checked yet".into());
-                not.push((name.to_string(), reason));
-            }
+                    .unwrap_or_else(|| "not checked yet".into()),
+                None => "not checked yet".into(),
+            };
+            not.push((name.to_string(), reason));
         }
         (not.is_empty(), not)
     }
