@@ -165,6 +165,27 @@ async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
     let meta = SandboxMeta::load(&state.sandbox_dir(&understudy::source::SandboxName::parse("shop").expect("name")))
         .expect("meta");
 
+    // A new connection string for the same source (a rotated password) is taken; one that reaches no server is
+    // refused naming the source, and the password never comes back in the error.
+    let (status, body) = agent
+        .put("/v1/sandboxes/shop/source", &json!({"source": conninfo}))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let mut nowhere = source.replicator_conninfo();
+    nowhere.set("port", "1");
+    let (status, body) = agent
+        .put(
+            "/v1/sandboxes/shop/source",
+            &json!({"source": nowhere.to_secret_string()}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains(password), "{body}");
+    let (status, _) = agent
+        .put("/v1/sandboxes/nope/source", &json!({"source": conninfo}))
+        .await;
+    assert_eq!(status, 404);
+
     // A dry-run through the API and the same migration through the command line agree.
     let writer = Writer::start(source.admin().await.expect("writer"), 50);
     let (status, run) = agent

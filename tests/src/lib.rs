@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod harness;
+pub mod kube;
 pub mod migrations;
 pub mod source;
 pub mod writer;

@@ -12,6 +12,7 @@ pub mod follow;
 pub mod lock;
 pub mod schema;
 pub mod sequences;
+pub mod source;
 pub mod state;
 pub mod status;
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 pub use create::{CreateOptions, create};
 pub use delete::{DeleteReport, delete};
 pub use lock::SandboxLock;
+pub use source::set_source;
 pub use state::{SandboxMeta, SandboxState, StateDir};
 pub use status::{SandboxStatus, TableSyncState, status};
 

@@ -79,7 +79,7 @@ pub struct SourceSide {
 }
 
 /// Everything `status` prints.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxStatus {
     pub name: String,
     pub state: SandboxState,

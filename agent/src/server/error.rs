@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Classify, ErrorKind};
 
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub kind: ErrorKind,
     /// What went wrong and what to fix (never a secret).
@@ -21,7 +21,7 @@ pub struct ErrorBody {
 }
 
 /// `{"error": ...}`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
     pub error: ErrorBody,
 }

@@ -40,6 +40,7 @@ impl Modify for Bearer {
         sandboxes::create,
         sandboxes::show,
         sandboxes::delete,
+        sandboxes::set_source,
         dryruns::list,
         dryruns::start,
         dryruns::show,

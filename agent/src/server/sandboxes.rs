@@ -54,7 +54,7 @@ pub struct CreateSandbox {
 }
 
 /// A sandbox as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxView {
     pub name: String,
     /// Its state; absent when its creation failed.
@@ -369,4 +369,36 @@ pub async fn delete(
             Err(e.into())
         }
     }
+}
+
+/// The body of `PUT /v1/sandboxes/{name}/source`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSource {
+    /// The source's new libpq connection string, with its password (never shown again).
+    pub source: SecretConnInfo,
+}
+
+/// Give a sandbox a new source connection string (a rotated password): it must reach the same source, holding
+/// the sandbox's slot; the subscription reconnects with it.
+#[utoipa::path(put, path = "/v1/sandboxes/{name}/source", tag = "sandboxes", request_body = SetSource,
+    params(("name" = String, Path, description = "The sandbox's name")),
+    responses(
+        (status = 204, description = "Kept and given to the subscription"),
+        (status = 400, description = "Not a connection string, or a source that does not answer", body = ErrorResponse),
+        (status = 401, description = "No or a wrong token", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 500, description = "The source does not hold the sandbox's slot, or the sandbox could not take it", body = ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn set_source(
+    State(app): State<App>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<SetSource>,
+) -> Result<StatusCode, ApiError> {
+    let name = parse_name(&name)?;
+    let source =
+        ConnInfo::parse(&body.source.0).map_err(|e| ApiError::new(ErrorKind::Invalid, format!("source: {e}")))?;
+    sandbox::set_source(&app.state, &name, &source).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -46,7 +46,7 @@ impl Default for Settings {
 }
 
 /// What the supervisor did for one sandbox.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Supervision {
     /// Restarts of the sandbox's server by this agent.
     pub restarts: u64,

@@ -102,6 +102,18 @@ impl Agent {
         (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .http

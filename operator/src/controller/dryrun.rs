@@ -1,0 +1,376 @@
+//! The DryRun controller: the spec checked and turned into the agent's `DryRunRequest` (SQL inline or from
+//! ConfigMaps); the schedule timed here (requeue until the next start; the next starts in the status); a due run
+//! started on the Sandbox's agent and followed; its verdict, key figures and findings copied into the status and
+//! its reports into a ConfigMap the DryRun owns; the last `historyLimit` results kept. Deleting a DryRun cancels
+//! its run, whose forks and capture slots the agent removes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use understudy::dryrun::RunPhase;
+use understudy::runs::RunView;
+
+use super::{Context, FINALIZER, MANAGER, agent_for, condition, patch_status, reconciled};
+use crate::agent::AgentError;
+use crate::controller::request::{self, Invalid};
+use crate::crd::dryrun::{KeyFigures, RunResult, StatusFinding};
+use crate::crd::{DryRun, DryRunPhase, DryRunStatus, Sandbox};
+use crate::{Error, Result};
+
+const CONTROLLER: &str = "dryrun";
+
+pub async fn reconcile(dr: Arc<DryRun>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = dr.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<DryRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let action = finalizer(&api, FINALIZER, Arc::clone(&dr), |event| async {
+        match event {
+            Finalizer::Apply(d) => apply(&d, &ctx).await,
+            Finalizer::Cleanup(d) => cleanup(&d, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    reconciled(&ctx, dr.as_ref());
+    Ok(action)
+}
+
+/// The agent's phase as the DryRun's.
+pub fn phase_of(phase: RunPhase) -> DryRunPhase {
+    match phase {
+        RunPhase::Pending => DryRunPhase::Pending,
+        RunPhase::Scheduled => DryRunPhase::Scheduled,
+        RunPhase::Forking => DryRunPhase::Forking,
+        RunPhase::Replaying => DryRunPhase::Replaying,
+        RunPhase::Migrating => DryRunPhase::Migrating,
+        RunPhase::Verifying => DryRunPhase::Verifying,
+        RunPhase::RollingBack => DryRunPhase::RollingBack,
+        RunPhase::Succeeded => DryRunPhase::Succeeded,
+        RunPhase::Failed | RunPhase::Cancelled => DryRunPhase::Failed,
+    }
+}
+
+fn status_of(dr: &DryRun) -> DryRunStatus {
+    dr.status.clone().unwrap_or_default()
+}
+
+async fn write(dr: &DryRun, ctx: &Context, mut status: DryRunStatus) -> Result<()> {
+    status.observed_generation = dr.metadata.generation;
+    if dr.status.as_ref() != Some(&status) {
+        patch_status(ctx, dr, &status).await?;
+    }
+    Ok(())
+}
+
+/// A spec that cannot run as it is: `Failed` when only a change of the spec can fix it, else `Pending`.
+async fn invalid(dr: &DryRun, ctx: &Context, bad: Invalid) -> Result<Action> {
+    let mut status = status_of(dr);
+    let generation = dr.metadata.generation;
+    status.conditions = vec![condition(
+        &status.conditions,
+        "Valid",
+        false,
+        &bad.reason,
+        bad.message.clone(),
+        generation,
+    )];
+    status.phase = Some(if bad.permanent {
+        DryRunPhase::Failed
+    } else {
+        DryRunPhase::Pending
+    });
+    status.summary = Some(bad.message.clone());
+    status.next_runs = Vec::new();
+    if dr.status.as_ref().and_then(|s| s.summary.as_ref()) != Some(&bad.message) {
+        ctx.event(dr, EventType::Warning, &bad.reason, bad.message.clone())
+            .await;
+    }
+    write(dr, ctx, status).await?;
+    Ok(if bad.permanent {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(15))
+    })
+}
+
+async fn apply(dr: &DryRun, ctx: &Context) -> Result<Action> {
+    let status = status_of(dr);
+    if let Some(run) = status.run.clone() {
+        return follow(dr, ctx, &run).await;
+    }
+    let ns = dr.namespace().unwrap_or_default();
+    let (request, schedule) = match request::build(dr, ctx).await? {
+        Ok(r) => r,
+        Err(bad) => return invalid(dr, ctx, bad).await,
+    };
+    let now = jiff::Zoned::now();
+    let created = dr
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(jiff::Timestamp::now);
+    let due = request::due(&schedule, &status, created, &now);
+    let mut status = status;
+    status.conditions = vec![condition(
+        &status.conditions,
+        "Valid",
+        true,
+        "Valid",
+        String::new(),
+        dr.metadata.generation,
+    )];
+    status.next_runs = request::next_runs(&schedule, &status, created, &now);
+    let Some(slot) = due else {
+        // Nothing due: wait for the next start, or rest when there is none.
+        status.phase = Some(match status.history.first() {
+            _ if !status.next_runs.is_empty() => DryRunPhase::Scheduled,
+            Some(last) => last.phase,
+            None => DryRunPhase::Pending,
+        });
+        let wait = request::until_next(&status, &now);
+        write(dr, ctx, status).await?;
+        return Ok(match wait {
+            Some(wait) => Action::requeue(wait.min(Duration::from_secs(3600))),
+            None => Action::await_change(),
+        });
+    };
+    // Due: on a Sandbox that is ready.
+    let sandboxes: Api<Sandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(sandbox) = sandboxes.get_opt(&dr.spec.sandbox).await? else {
+        return invalid(
+            dr,
+            ctx,
+            Invalid::waiting(
+                "SandboxNotFound",
+                format!("no Sandbox {} in namespace {ns}", dr.spec.sandbox),
+            ),
+        )
+        .await;
+    };
+    let ready = sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == "True");
+    if ready.is_none() {
+        let why = sandbox
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.message.clone())
+            .unwrap_or_else(|| "it has no status yet".into());
+        status.phase = Some(DryRunPhase::Pending);
+        status.summary = Some(format!("waiting for Sandbox {} to be ready: {why}", dr.spec.sandbox));
+        write(dr, ctx, status).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let agent = match agent_for(ctx, &ns, &dr.spec.sandbox).await {
+        Ok(a) => a,
+        Err(Error::AgentNotReady(_)) => return Ok(Action::requeue(Duration::from_secs(5))),
+        Err(e) => return Err(e),
+    };
+    let view = agent.start_run(&request).await?;
+    ctx.event(
+        dr,
+        EventType::Normal,
+        "RunStarted",
+        format!("run {} on Sandbox {} (scheduled for {slot})", view.id, dr.spec.sandbox),
+    )
+    .await;
+    status.run = Some(view.id.clone());
+    status.phase = Some(phase_of(view.phase));
+    status.summary = None;
+    status.last_schedule_time = Some(slot.to_string());
+    write(dr, ctx, status).await?;
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// Follows the run in progress; once it ended, its results go into the status and the report ConfigMap.
+async fn follow(dr: &DryRun, ctx: &Context, run: &str) -> Result<Action> {
+    let ns = dr.namespace().unwrap_or_default();
+    let agent = match agent_for(ctx, &ns, &dr.spec.sandbox).await {
+        Ok(a) => a,
+        Err(Error::AgentNotReady(_)) => return Ok(Action::requeue(Duration::from_secs(5))),
+        Err(e) => return Err(e),
+    };
+    let view = match agent.run(run).await {
+        Ok(v) => v,
+        Err(AgentError::Unreachable { .. }) => return Ok(Action::requeue(Duration::from_secs(5))),
+        Err(e) => return Err(e.into()),
+    };
+    let mut status = status_of(dr);
+    let Some(view) = view else {
+        let message = format!("the agent has no record of run {run} (its state was lost); the next start runs anew");
+        finish(dr, ctx, &mut status, run, None, Some(message)).await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    if !view.phase.is_final() {
+        status.phase = Some(phase_of(view.phase));
+        write(dr, ctx, status).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let error = view.error.as_ref().map(|e| e.message.clone());
+    if view.phase == RunPhase::Succeeded {
+        store_report(dr, ctx, &agent, run).await?;
+    }
+    finish(dr, ctx, &mut status, run, Some(&view), error).await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Writes an ended run's results into the status (and its history) and clears the run in progress.
+async fn finish(
+    dr: &DryRun,
+    ctx: &Context,
+    status: &mut DryRunStatus,
+    run: &str,
+    view: Option<&RunView>,
+    error: Option<String>,
+) -> Result<()> {
+    let phase = view.map(|v| phase_of(v.phase)).unwrap_or(DryRunPhase::Failed);
+    status.phase = Some(phase);
+    status.run = None;
+    status.verdict = view.and_then(|v| v.verdict).map(|v| v.as_str().to_string());
+    status.summary = view.and_then(|v| v.summary.clone()).or(error);
+    status.figures = view.and_then(|v| v.figures.as_ref()).map(|f| KeyFigures {
+        duration_ms: f.duration_ms,
+        blocked_writes: f.blocked_writes as u64,
+        longest_lock_wait_ms: f.longest_lock_wait_ms,
+        failed_writes: f.failed_writes as u64,
+        rollback: f.rollback.clone(),
+    });
+    status.findings = view
+        .map(|v| {
+            v.findings
+                .iter()
+                .map(|f| StatusFinding {
+                    code: f.code.to_string(),
+                    severity: serde_json::to_value(f.severity)
+                        .ok()
+                        .and_then(|s| s.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    title: f.title.clone(),
+                    line: f.line.and_then(|l| u32::try_from(l).ok()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if phase == DryRunPhase::Succeeded {
+        status.report_ref = Some(report_name(dr));
+    }
+    let limit = dr.spec.history_limit.unwrap_or(5) as usize;
+    status.history.insert(
+        0,
+        RunResult {
+            run: run.to_string(),
+            started_at: view.and_then(|v| v.started_at).map(|t| t.to_string()),
+            finished_at: view.and_then(|v| v.finished_at).map(|t| t.to_string()),
+            phase,
+            verdict: status.verdict.clone(),
+            summary: status.summary.clone(),
+        },
+    );
+    status.history.truncate(limit.max(1));
+    let note = format!(
+        "run {run} ended {phase:?}{}: {}",
+        status
+            .verdict
+            .as_ref()
+            .map(|v| format!(" with verdict {v}"))
+            .unwrap_or_default(),
+        status.summary.clone().unwrap_or_default()
+    );
+    let kind = if phase == DryRunPhase::Succeeded {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    ctx.event(dr, kind, "RunFinished", note).await;
+    write(dr, ctx, status.clone()).await
+}
+
+fn report_name(dr: &DryRun) -> String {
+    format!("{}-report", dr.name_any())
+}
+
+/// The run's JSON and Markdown reports into the ConfigMap `<name>-report`, owned by the DryRun.
+async fn store_report(dr: &DryRun, ctx: &Context, agent: &crate::agent::AgentClient, run: &str) -> Result<()> {
+    let json = agent.report(run, "json").await?;
+    let markdown = agent.report(run, "markdown").await?;
+    let owner = dr
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::InvalidSpec("the DryRun has no uid yet".into()))?;
+    // A ConfigMap holds at most 1 MiB.
+    let mut data = std::collections::BTreeMap::from([
+        ("report.md".to_string(), markdown),
+        ("run".to_string(), run.to_string()),
+    ]);
+    if json.len() < 900_000 {
+        data.insert("report.json".into(), json);
+    } else {
+        data.insert(
+            "report.json.omitted".into(),
+            format!("{} bytes; GET /v1/dryruns/{run}/report on the agent", json.len()),
+        );
+    }
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(report_name(dr)),
+            namespace: dr.namespace(),
+            owner_references: Some(vec![owner]),
+            labels: Some(std::collections::BTreeMap::from([
+                ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+                ("understudy.dev/dryrun".to_string(), dr.name_any()),
+            ])),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+    let mut value = serde_json::to_value(&cm)?;
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "ConfigMap".into();
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), &dr.namespace().unwrap_or_default())
+        .patch(
+            &report_name(dr),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The DryRun is deleted: its run is cancelled and the finalizer stays until the agent says it ended (its forks
+/// and capture slots removed). With the agent gone, its forks went with it.
+async fn cleanup(dr: &DryRun, ctx: &Context) -> Result<Action> {
+    let Some(run) = status_of(dr).run else {
+        return Ok(Action::await_change());
+    };
+    let ns = dr.namespace().unwrap_or_default();
+    let agent = match agent_for(ctx, &ns, &dr.spec.sandbox).await {
+        Ok(a) => a,
+        Err(Error::AgentNotReady(_)) => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
+    };
+    match agent.run(&run).await {
+        Ok(Some(view)) if !view.phase.is_final() => {
+            agent.cancel_run(&run).await?;
+            ctx.event(
+                dr,
+                EventType::Normal,
+                "Cancelling",
+                format!("run {run} is cancelled; its forks are removed"),
+            )
+            .await;
+            Err(Error::AgentNotReady(format!("run {run} is being cancelled")))
+        }
+        Ok(_) | Err(AgentError::Unreachable { .. }) => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
+}

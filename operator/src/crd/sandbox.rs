@@ -1,0 +1,128 @@
+//! The `Sandbox` resource: a PostgreSQL sandbox kept current with a source by logical replication, run by one
+//! agent Pod.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use serde::{Deserialize, Serialize};
+
+/// Where the source's connection string is: a Secret in the Sandbox's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// The key holding a libpq connection string or URI, with its password [default: conninfo].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The agent's volume: the sandbox and its forks live on it (XFS, so that forks are reflink copies).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// The volume's size [default: 10Gi].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// [default: the cluster's default StorageClass]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// What a Sandbox is.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[kube(
+    group = "understudy.dev",
+    version = "v1alpha1",
+    kind = "Sandbox",
+    namespaced,
+    status = "SandboxStatus",
+    shortname = "sbx",
+    category = "understudy",
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Lag (s)", type_ = "number", json_path = ".status.lagSeconds"),
+    printcolumn(name = "WAL retained", type_ = "integer", json_path = ".status.walRetainedBytes"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(
+        "[has(self.spec.publication), has(self.spec.tables), has(self.spec.schema)].filter(x, x).size() == 1"
+    ).message("give exactly one of publication, tables or schema"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpec {
+    /// The source (production): a Secret whose key holds the connection string. Passwords never go inline.
+    pub source: SourceRef,
+    /// Replicate this existing publication of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
+    /// Or these tables (`schema.table`), in a publication Understudy creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("tables must not be empty"))]
+    pub tables: Option<Vec<String>>,
+    /// Or every table of this schema, in a publication Understudy creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// The most WAL our slot may keep on the source before the breaker drops it [default: 4GiB].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)$')").message("walBudget is a size with a unit, e.g. 512MiB or 8GiB"))]
+    pub wal_budget: Option<String>,
+    /// The agent's volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    /// The agent container's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The agent image [default: the operator's --agent-image].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// How many tables are in each sync state.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TableCounts {
+    pub ready: u32,
+    pub syncing: u32,
+    pub copying: u32,
+    pub other: u32,
+}
+
+/// What the Sandbox is, as its agent reports it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxStatus {
+    /// `initial-sync`, `ready`, `degraded`, `stale`; absent until the agent has reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `Ready`, `Replicating`, `Degraded`, `Stale`, each with a reason and a message.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// WAL our slot keeps on the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_retained_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_status: Option<String>,
+    /// Our replication slot on the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<TableCounts>,
+    /// Restarts of the sandbox's PostgreSQL server by its agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_restarts: Option<u64>,
+    /// The hash of the source Secret the agent runs with (a change rolls the agent out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
