@@ -1,8 +1,8 @@
 //! A real Kubernetes control plane for a test: etcd, kube-apiserver (RBAC on) and kube-controller-manager
-//! (garbage collector, Job, namespace and StatefulSet controllers: [`DEFAULT_CONTROLLERS`]) on free loopback ports,
-//! data and logs under a root the test owns, killed on drop. The binaries come from `.ci/kube-build` (Debian's
-//! `kubernetes` source package, 1.20) and Debian's `etcd-server`. There is no kubelet, scheduler or container
-//! runtime: Pods stay `Pending` unless the test plays the node (`tests/local-cluster` does).
+//! (garbage collector, Job, namespace, StatefulSet and PVC-protection controllers: [`DEFAULT_CONTROLLERS`]) on free
+//! loopback ports, data and logs under a root the test owns, killed on drop. The binaries come from
+//! `.ci/kube-build` (Debian's `kubernetes` source package, 1.20) and Debian's `etcd-server`. There is no kubelet,
+//! scheduler or container runtime: Pods stay `Pending` unless the test plays the node (`tests/local-cluster` does).
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -18,8 +18,10 @@ pub const OPERATOR_USER: &str = "understudy-operator";
 pub const ADMIN_USER: &str = "understudy-admin";
 
 /// The kube-controller-manager controllers [`ControlPlane::start`] runs: the garbage collector (owned objects go with
-/// their owner), Jobs, namespace deletion, and StatefulSets (a StatefulSet becomes its Pods and their PVCs).
-pub const DEFAULT_CONTROLLERS: &[&str] = &["garbagecollector", "job", "namespace", "statefulset"];
+/// their owner), Jobs, namespace deletion, StatefulSets (a StatefulSet becomes its Pods and their PVCs) and PVC
+/// protection (the API server's admission gives every PVC the `kubernetes.io/pvc-protection` finalizer; this
+/// controller removes it once no Pod uses the claim, or a deleted PVC would stay `Terminating` for ever).
+pub const DEFAULT_CONTROLLERS: &[&str] = &["garbagecollector", "job", "namespace", "statefulset", "pvc-protection"];
 
 /// How [`ControlPlane::start_with`] starts the control plane.
 #[derive(Clone, Debug, Default)]

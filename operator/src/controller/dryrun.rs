@@ -374,3 +374,17 @@ async fn cleanup(dr: &DryRun, ctx: &Context) -> Result<Action> {
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_agent_phase_has_a_dry_run_phase() {
+        assert_eq!(phase_of(RunPhase::RollingBack), DryRunPhase::RollingBack);
+        assert_eq!(phase_of(RunPhase::Succeeded), DryRunPhase::Succeeded);
+        assert_eq!(phase_of(RunPhase::Cancelled), DryRunPhase::Failed);
+        assert_eq!(phase_of(RunPhase::Failed), DryRunPhase::Failed);
+        assert_eq!(phase_of(RunPhase::Pending), DryRunPhase::Pending);
+    }
+}

@@ -444,3 +444,140 @@ async fn cleanup(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use understudy::sandbox::status::TableSync;
+    use understudy::sandbox::{SandboxStatus as AgentStatus, TableSyncState};
+    use understudy::supervisor::Supervision;
+
+    use super::*;
+    use crate::crd::SandboxSpec;
+
+    fn sandbox() -> Sandbox {
+        Sandbox::new(
+            "shop",
+            serde_json::from_value::<SandboxSpec>(serde_json::json!({
+                "source": {"secretRef": {"name": "prod"}}, "publication": "shop_pub"}))
+            .expect("spec"),
+        )
+    }
+
+    fn agent_status(state: SandboxState, worker: bool, reasons: &[&str]) -> AgentStatus {
+        serde_json::from_value(serde_json::json!({
+            "name": "shop", "state": state, "reasons": reasons, "source": "host=db password=********",
+            "publication": "shop_pub", "slot": "understudy_shop", "cluster": "host=/x port=5432",
+            "cluster_running": true, "apply_worker_running": worker, "apply_error_count": 0,
+            "received_lsn": null, "applied_lsn": null, "source_lsn": "0/10", "confirmed_lsn": "0/10",
+            "lag_bytes": 120, "lag_seconds": 0.123456, "retained_wal_bytes": 4096, "wal_status": "reserved",
+            "wal_budget_bytes": 1073741824, "tables": [], "drift": [], "last_error": null, "warnings": []
+        }))
+        .expect("agent status")
+    }
+
+    fn view(state: SandboxState, worker: bool, current: bool, reasons: &[&str]) -> SandboxView {
+        let mut st = agent_status(state, worker, reasons);
+        st.tables = vec![
+            TableSync {
+                table: "public.orders".into(),
+                state: TableSyncState::Ready,
+            },
+            TableSync {
+                table: "public.events".into(),
+                state: TableSyncState::Copying,
+            },
+        ];
+        SandboxView {
+            name: "shop".into(),
+            state: Some(state),
+            creating: false,
+            creation_error: None,
+            status: Some(st),
+            supervision: Some(Supervision {
+                restarts: 2,
+                current,
+                not_current_reason: (!current).then(|| "lags 45.0 s behind the source".to_string()),
+                ..Supervision::default()
+            }),
+        }
+    }
+
+    fn cond<'a>(s: &'a SandboxStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).expect("condition")
+    }
+
+    #[test]
+    fn a_current_sandbox_is_ready_and_replicating() {
+        let s = status_from(
+            &sandbox(),
+            &view(SandboxState::Ready, true, true, &[]),
+            Some("h".into()),
+        );
+        assert_eq!(
+            (cond(&s, "Ready").status.as_str(), cond(&s, "Ready").reason.as_str()),
+            ("True", "Current")
+        );
+        assert_eq!(cond(&s, "Replicating").status, "True");
+        assert_eq!(cond(&s, "Degraded").status, "False");
+        assert_eq!(cond(&s, "Stale").status, "False");
+        assert_eq!(s.state.as_deref(), Some("ready"));
+        assert_eq!(s.lag_seconds, Some(0.123));
+        assert_eq!((s.lag_bytes, s.wal_retained_bytes), (Some(120), Some(4096)));
+        assert_eq!(s.wal_status.as_deref(), Some("reserved"));
+        assert_eq!(s.slot.as_deref(), Some("understudy_shop"));
+        assert_eq!(s.server_restarts, Some(2));
+        assert_eq!(s.tables.as_ref().map(|t| (t.ready, t.copying)), Some((1, 1)));
+        assert_eq!(s.source_hash.as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn a_lagging_sandbox_is_not_ready_and_says_why() {
+        let s = status_from(&sandbox(), &view(SandboxState::Ready, true, false, &[]), None);
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "Ready").reason, "NotCurrent");
+        assert!(cond(&s, "Ready").message.contains("45.0 s"));
+    }
+
+    #[test]
+    fn degraded_and_stale_sandboxes_carry_their_reasons() {
+        let s = status_from(
+            &sandbox(),
+            &view(SandboxState::Degraded, true, false, &["1 schema change(s)"]),
+            None,
+        );
+        assert_eq!(cond(&s, "Degraded").status, "True");
+        assert!(cond(&s, "Degraded").message.contains("schema change"));
+        let s = status_from(
+            &sandbox(),
+            &view(SandboxState::Stale, false, false, &["slot gone"]),
+            None,
+        );
+        assert_eq!(cond(&s, "Stale").status, "True");
+        assert_eq!(cond(&s, "Replicating").status, "False");
+        assert_eq!(cond(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_sandbox_in_its_initial_copy_says_so() {
+        let v = SandboxView {
+            name: "shop".into(),
+            state: Some(SandboxState::InitialSync),
+            creating: true,
+            creation_error: None,
+            status: None,
+            supervision: None,
+        };
+        let s = status_from(&sandbox(), &v, None);
+        assert_eq!(cond(&s, "Ready").reason, "InitialSync");
+        assert_eq!(s.state.as_deref(), Some("initial-sync"));
+        assert_eq!(s.tables, None);
+    }
+
+    #[test]
+    fn the_source_hash_changes_with_the_secret() {
+        assert_eq!(source_hash("host=a password=x"), source_hash("host=a password=x"));
+        assert_ne!(source_hash("host=a password=x"), source_hash("host=a password=y"));
+        assert_eq!(new_token().len(), 64);
+        assert_ne!(new_token(), new_token());
+    }
+}
