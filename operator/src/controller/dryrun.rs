@@ -388,3 +388,173 @@ mod tests {
         assert_eq!(phase_of(RunPhase::Pending), DryRunPhase::Pending);
     }
 }
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::controller::mock::{self, expect, silence};
+    use crate::crd::DryRunSpec;
+
+    fn dry_run(spec: serde_json::Value) -> DryRun {
+        let mut d = DryRun::new("add-flag", serde_json::from_value::<DryRunSpec>(spec).expect("spec"));
+        d.metadata.namespace = Some("ns".into());
+        d.metadata.uid = Some("uid-2".into());
+        d.metadata.generation = Some(1);
+        d.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        d
+    }
+
+    fn echo(d: &DryRun) -> serde_json::Value {
+        serde_json::to_value(d).expect("json")
+    }
+
+    #[tokio::test]
+    async fn empty_sql_fails_the_dry_run_with_a_condition_and_an_event() {
+        let (ctx, mut handle) = Context::test();
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "up": "   "}));
+        let body = echo(&dr);
+        let server = tokio::spawn(async move {
+            let note = mock::event(&mut handle).await;
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/dryruns/add-flag/status",
+                200,
+                body,
+            )
+            .await;
+            silence(&mut handle).await;
+            (note, patch)
+        });
+        let action = apply(&dr, &ctx).await.expect("a bad spec is not an error");
+        assert_eq!(action, Action::await_change(), "only a change of the spec helps");
+        let (note, patch) = server.await.expect("server");
+        assert!(note.contains("up: the SQL is empty"), "{note}");
+        assert_eq!(patch["status"]["phase"], "Failed");
+        let valid = &patch["status"]["conditions"][0];
+        assert_eq!(
+            (
+                valid["type"].as_str(),
+                valid["status"].as_str(),
+                valid["reason"].as_str()
+            ),
+            (Some("Valid"), Some("False"), Some("InvalidSpec"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_cron_fails_the_dry_run() {
+        let (ctx, mut handle) = Context::test();
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "up": "SELECT 1;", "schedule": {"cron": "0 25 * * *"}}));
+        let body = echo(&dr);
+        let server = tokio::spawn(async move {
+            let note = mock::event(&mut handle).await;
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/dryruns/add-flag/status",
+                200,
+                body,
+            )
+            .await;
+            (note, patch)
+        });
+        apply(&dr, &ctx).await.expect("apply");
+        let (note, patch) = server.await.expect("server");
+        assert!(note.contains("schedule:"), "{note}");
+        assert_eq!(patch["status"]["conditions"][0]["reason"], "InvalidSchedule");
+    }
+
+    #[tokio::test]
+    async fn a_missing_sandbox_or_configmap_waits_pending() {
+        let (ctx, mut handle) = Context::test();
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "up": "SELECT 1;"}));
+        let body = echo(&dr);
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/sandboxes/shop",
+                404,
+                mock::status(404, "NotFound"),
+            )
+            .await;
+            let note = mock::event(&mut handle).await;
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/dryruns/add-flag/status",
+                200,
+                body,
+            )
+            .await;
+            (note, patch)
+        });
+        let action = apply(&dr, &ctx).await.expect("apply");
+        assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+        let (note, patch) = server.await.expect("server");
+        assert!(note.contains("no Sandbox shop"), "{note}");
+        assert_eq!(patch["status"]["phase"], "Pending");
+
+        let (ctx, mut handle) = Context::test();
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "upConfigMapRef": {"name": "m", "key": "up.sql"}}));
+        let body = echo(&dr);
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/configmaps/m",
+                404,
+                mock::status(404, "NotFound"),
+            )
+            .await;
+            mock::event(&mut handle).await;
+            expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/dryruns/add-flag/status",
+                200,
+                body,
+            )
+            .await
+        });
+        apply(&dr, &ctx).await.expect("apply");
+        let patch = server.await.expect("server");
+        assert_eq!(patch["status"]["conditions"][0]["reason"], "ConfigMapNotFound");
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_dry_run_shows_its_next_runs_and_waits() {
+        let (ctx, mut handle) = Context::test();
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "up": "SELECT 1;", "schedule": {"cron": "0 2 * * *"}}));
+        let body = echo(&dr);
+        let server = tokio::spawn(async move {
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/dryruns/add-flag/status",
+                200,
+                body,
+            )
+            .await;
+            silence(&mut handle).await;
+            patch
+        });
+        let action = apply(&dr, &ctx).await.expect("apply");
+        let patch = server.await.expect("server");
+        assert_eq!(patch["status"]["phase"], "Scheduled");
+        assert_eq!(patch["status"]["nextRuns"].as_array().map(Vec::len), Some(3));
+        assert_ne!(action, Action::await_change(), "it requeues for its next start");
+    }
+
+    #[tokio::test]
+    async fn deleting_a_dry_run_without_a_run_asks_nothing() {
+        let (ctx, mut handle) = Context::test();
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "up": "SELECT 1;"}));
+        let server = tokio::spawn(async move { silence(&mut handle).await });
+        assert_eq!(cleanup(&dr, &ctx).await.expect("cleanup"), Action::await_change());
+        server.await.expect("server");
+    }
+}

@@ -2,6 +2,8 @@
 //! server-side apply, the agent of a Sandbox, and the run loop (`run`).
 
 pub mod dryrun;
+#[cfg(test)]
+pub mod mock;
 pub mod request;
 pub mod sandbox;
 

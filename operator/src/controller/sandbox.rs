@@ -581,3 +581,121 @@ mod tests {
         assert_ne!(new_token(), new_token());
     }
 }
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::controller::mock::{self, expect, silence};
+    use crate::crd::SandboxSpec;
+
+    fn sandbox(name: &str) -> Sandbox {
+        let mut s = Sandbox::new(
+            name,
+            serde_json::from_value::<SandboxSpec>(serde_json::json!({
+                "source": {"secretRef": {"name": "prod"}}, "publication": "shop_pub"}))
+            .expect("spec"),
+        );
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some("uid-1".into());
+        s.metadata.generation = Some(3);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_missing_source_secret_is_a_condition_and_a_retry() {
+        let (ctx, mut handle) = Context::test();
+        let sbx = sandbox("shop");
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/secrets/prod",
+                404,
+                mock::status(404, "NotFound"),
+            )
+            .await;
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/sandboxes/shop/status",
+                200,
+                serde_json::to_value(sandbox("shop")).expect("json"),
+            )
+            .await;
+            silence(&mut handle).await;
+            patch
+        });
+        let action = apply(&sbx, &ctx).await.expect("a missing Secret is not an error");
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        let patch = server.await.expect("server");
+        assert_eq!(patch["kind"], "Sandbox");
+        let ready = &patch["status"]["conditions"][0];
+        assert_eq!(
+            (
+                ready["type"].as_str(),
+                ready["status"].as_str(),
+                ready["reason"].as_str()
+            ),
+            (Some("Ready"), Some("False"), Some("SecretNotFound"))
+        );
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("kubectl create secret generic prod")
+        );
+        assert_eq!(patch["status"]["observedGeneration"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_is_no_sandbox_name_is_a_condition_without_calls() {
+        let (ctx, mut handle) = Context::test();
+        let sbx = sandbox("a-name-that-is-far-too-long-for-a-sandbox-name-here");
+        let server = tokio::spawn(async move {
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/understudy.dev/v1alpha1/namespaces/ns/sandboxes/",
+                200,
+                serde_json::to_value(sandbox("x")).expect("json"),
+            )
+            .await;
+            silence(&mut handle).await;
+            patch
+        });
+        apply(&sbx, &ctx).await.expect("apply");
+        let patch = server.await.expect("server");
+        assert_eq!(patch["status"]["conditions"][0]["reason"], "InvalidName");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_sandbox_without_agent_or_secret_says_what_stays_on_the_source() {
+        let (ctx, mut handle) = Context::test();
+        let sbx = sandbox("shop");
+        let server = tokio::spawn(async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/pods/shop-agent-0",
+                404,
+                mock::status(404, "NotFound"),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/secrets/prod",
+                404,
+                mock::status(404, "NotFound"),
+            )
+            .await;
+            let note = mock::event(&mut handle).await;
+            silence(&mut handle).await;
+            note
+        });
+        let action = cleanup(&sbx, &ctx).await.expect("cleanup ends");
+        assert_eq!(action, Action::await_change());
+        let note = server.await.expect("server");
+        assert!(note.contains("drop the slot understudy_shop"), "{note}");
+    }
+}
