@@ -100,6 +100,8 @@ pub fn stateful_set(sbx: &Sandbox, owner: &OwnerReference, default_image: &str) 
         ports: Some(vec![ContainerPort {
             name: Some("api".into()),
             container_port: i32::from(AGENT_PORT),
+            // Server-side apply keys container ports by port and protocol.
+            protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
         liveness_probe: Some(probe("/healthz", 10)),
@@ -207,6 +209,8 @@ pub fn service(sbx: &Sandbox, owner: &OwnerReference) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some("api".into()),
                 port: i32::from(AGENT_PORT),
+                // Server-side apply keys service ports by port and protocol.
+                protocol: Some("TCP".into()),
                 target_port: Some(IntOrString::Int(i32::from(AGENT_PORT))),
                 ..ServicePort::default()
             }]),

@@ -412,20 +412,29 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 async fn openssl(args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new("openssl")
-        .args(args)
+    let mut cmd = tokio::process::Command::new("openssl");
+    cmd.args(args);
+    run_tool(
+        cmd,
+        &format!("openssl {}", args.join(" ")),
+        "install it: bash .ci/kube-build",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `cmd` (stdin closed, without blocking the runtime): its stdout, or an error naming `what` with its stderr
+/// (`hint` when it cannot start).
+pub async fn run_tool(mut cmd: tokio::process::Command, what: &str, hint: &str) -> Result<String> {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .await
-        .context("run openssl (install it: bash .ci/kube-build)")?;
+        .with_context(|| format!("run {what} ({hint})"))?;
     if !out.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The last `CERTIFICATE` block of a PEM bundle.

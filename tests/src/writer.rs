@@ -15,6 +15,10 @@ pub struct WriterState {
     pub transactions: AtomicU64,
     pub errors: AtomicU64,
     stop: AtomicBool,
+    /// Asked to hold still (between transactions) until resumed.
+    hold: AtomicBool,
+    /// Holding still: no transaction is open.
+    held: AtomicBool,
     /// Set once the source has the `orders.coupon` column: the writer then fills it.
     pub write_coupon: AtomicBool,
 }
@@ -38,6 +42,20 @@ impl Writer {
         self.state.transactions.load(Ordering::Relaxed)
     }
 
+    /// Holds still after the current transaction, for a comparison that needs the source quiet; returns once no
+    /// transaction is open.
+    pub async fn pause(&self) {
+        self.state.hold.store(true, Ordering::SeqCst);
+        while !self.state.held.load(Ordering::SeqCst) && !self.handle.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Writes again after [`Writer::pause`].
+    pub fn resume(&self) {
+        self.state.hold.store(false, Ordering::SeqCst);
+    }
+
     /// Stops after the current transaction and returns the number committed.
     pub async fn stop(self) -> Result<u64, PgError> {
         self.state.stop.store(true, Ordering::Relaxed);
@@ -57,6 +75,16 @@ async fn write_loop(client: tokio_postgres::Client, per_second: u32, state: Arc<
     };
     let mut n: i64 = 0;
     while !state.stop.load(Ordering::Relaxed) {
+        if state.hold.load(Ordering::SeqCst) {
+            state.held.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        state.held.store(false, Ordering::SeqCst);
+        if state.hold.load(Ordering::SeqCst) {
+            // `pause` may have read `held` before it was cleared: look again before writing.
+            continue;
+        }
         n += 1;
         let coupon = state.write_coupon.load(Ordering::Relaxed);
         let sql = match n % 10 {

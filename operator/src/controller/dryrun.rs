@@ -123,7 +123,7 @@ async fn apply(dr: &DryRun, ctx: &Context) -> Result<Action> {
         "Valid",
         true,
         "Valid",
-        String::new(),
+        "the spec is valid: its SQL is found and its schedule, windows and thresholds parse".into(),
         dr.metadata.generation,
     )];
     status.next_runs = request::next_runs(&schedule, &status, created, &now);
@@ -212,7 +212,17 @@ async fn follow(dr: &DryRun, ctx: &Context, run: &str) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
     if !view.phase.is_final() {
-        status.phase = Some(phase_of(view.phase));
+        let phase = phase_of(view.phase);
+        if status.phase != Some(phase) {
+            ctx.event(
+                dr,
+                EventType::Normal,
+                &format!("{phase:?}"),
+                format!("run {run}: {}", phase_step(phase)),
+            )
+            .await;
+        }
+        status.phase = Some(phase);
         write(dr, ctx, status).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
@@ -222,6 +232,21 @@ async fn follow(dr: &DryRun, ctx: &Context, run: &str) -> Result<Action> {
     }
     finish(dr, ctx, &mut status, run, Some(&view), error).await?;
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// What a run does in `phase`, for its event.
+fn phase_step(phase: DryRunPhase) -> &'static str {
+    match phase {
+        DryRunPhase::Pending => "waiting to start",
+        DryRunPhase::Scheduled => "waiting for its scheduled start",
+        DryRunPhase::Forking => "forking the sandbox (the fork and its control twin)",
+        DryRunPhase::Replaying => "replaying the source's writes into the fork",
+        DryRunPhase::Migrating => "running the migration under the replayed writes",
+        DryRunPhase::Verifying => "comparing the fork with its control twin",
+        DryRunPhase::RollingBack => "running the down-migration and checking the schema returns",
+        DryRunPhase::Succeeded => "ended",
+        DryRunPhase::Failed => "failed",
+    }
 }
 
 /// Writes an ended run's results into the status (and its history) and clears the run in progress.
@@ -277,15 +302,13 @@ async fn finish(
         },
     );
     status.history.truncate(limit.max(1));
-    let note = format!(
-        "run {run} ended {phase:?}{}: {}",
-        status
-            .verdict
-            .as_ref()
-            .map(|v| format!(" with verdict {v}"))
-            .unwrap_or_default(),
-        status.summary.clone().unwrap_or_default()
-    );
+    // The summary starts with the verdict ("pass: ..."); without one, the verdict alone.
+    let outcome = status
+        .summary
+        .clone()
+        .or_else(|| status.verdict.as_ref().map(|v| format!("verdict {v}")))
+        .unwrap_or_else(|| "no verdict".into());
+    let note = format!("run {run} ended {phase:?}: {outcome}");
     let kind = if phase == DryRunPhase::Succeeded {
         EventType::Normal
     } else {

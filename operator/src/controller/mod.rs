@@ -122,6 +122,10 @@ fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// A condition with its time set now (or kept from `old` when its status did not change).
+///
+/// The message is never empty: an empty one is replaced by the condition's type, status and
+/// reason, because a reader of `kubectl describe` wants a sentence, and because kube-apiserver
+/// 1.20 reads an empty string inside a list item as `null` and refuses the whole status.
 pub fn condition(
     old: &[Condition],
     type_: &str,
@@ -136,6 +140,11 @@ pub fn condition(
         .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+    let message = if message.trim().is_empty() {
+        format!("{type_} is {status} ({reason})")
+    } else {
+        message
+    };
     Condition {
         type_: type_.into(),
         status: status.into(),
@@ -314,5 +323,11 @@ mod tests {
             Some(2),
         );
         assert_eq!(flipped.status, "True");
+    }
+
+    #[test]
+    fn a_condition_never_has_an_empty_message() {
+        let c = condition(&[], "Stale", false, "Fresh", " ".into(), None);
+        assert_eq!(c.message, "Stale is False (Fresh)");
     }
 }
