@@ -32,6 +32,8 @@ pub enum Error {
     Serialization(#[from] serde_json::Error),
     #[error("cleaning the source: {0}")]
     Source(#[source] understudy::sandbox::SandboxError),
+    #[error("the operating system's random source: {0}")]
+    Random(#[source] std::io::Error),
 }
 
 impl From<kube::Error> for Error {
@@ -57,7 +59,7 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.kind(),
                 _ => ErrorKind::Unavailable,
             },
-            Error::Serialization(_) => ErrorKind::Internal,
+            Error::Serialization(_) | Error::Random(_) => ErrorKind::Internal,
             Error::Source(e) => understudy::Classify::kind(e),
         }
     }

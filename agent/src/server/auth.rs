@@ -41,6 +41,13 @@ impl Token {
         Ok(Token(text.to_string()))
     }
 
+    /// A fresh token: 32 bytes from the operating system's random source, as 64 hex digits.
+    pub fn random() -> Result<Self, std::io::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+        Ok(Token(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
     /// Whether `given` is the token, in time independent of where they differ.
     pub fn matches(&self, given: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());
@@ -94,5 +101,14 @@ mod tests {
         assert!(!format!("{t:?}").contains("0123"));
         assert!(Token::new("short").is_err());
         assert!(Token::new("has a space in it, long enough").is_err());
+    }
+
+    #[test]
+    fn random_tokens_are_long_hex_and_differ() {
+        let (a, b) = (Token::random().expect("random"), Token::random().expect("random"));
+        assert_eq!(a.expose().len(), 64);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(Token::new(a.expose()).is_ok());
+        assert!(!a.matches(b.expose()));
     }
 }

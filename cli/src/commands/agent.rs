@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use understudy::agent::{self, AgentOptions, AgentRecord};
 use understudy::error::UsageError;
 use understudy::sandbox::StateDir;
+use understudy::server::Token;
 use understudy::supervisor;
 use understudy::units;
 
@@ -76,15 +77,9 @@ fn token_file(state: &StateDir, given: Option<PathBuf>) -> anyhow::Result<PathBu
 
 /// Writes a fresh random token, readable by the owner only.
 fn make_token(path: &Path) -> anyhow::Result<()> {
-    use std::hash::{BuildHasher, Hasher};
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut token = String::new();
-    for _ in 0..4 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
-        token.push_str(&format!("{:016x}", h.finish()));
-    }
+    let token = Token::random()?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -93,7 +88,7 @@ fn make_token(path: &Path) -> anyhow::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    writeln!(file, "{token}")?;
+    writeln!(file, "{}", token.expose())?;
     Ok(())
 }
 

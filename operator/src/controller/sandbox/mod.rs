@@ -3,29 +3,29 @@
 //! as conditions. Deleting a Sandbox deletes the sandbox through its agent (slot and publication removed from the
 //! source), or, with the agent gone, directly on the source with the Secret.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use understudy::pg::ConnInfo;
-use understudy::sandbox::SandboxState;
-use understudy::server::sandboxes::SandboxView;
 use understudy::source::SandboxName;
 
 use super::{Context, FINALIZER, MANAGER, agent_for, condition, patch_status, reconciled, secret_value};
 use crate::agent::{AgentError, Replication};
-use crate::crd::sandbox::TableCounts;
-use crate::crd::{Sandbox, SandboxStatus};
+use crate::crd::Sandbox;
 use crate::{Error, Result, resources};
+
+mod status;
+
+pub use status::{is_ready, source_hash, status_from};
 
 const CONTROLLER: &str = "sandbox";
 
@@ -61,12 +61,6 @@ async fn source(sbx: &Sandbox, ctx: &Context) -> Result<std::result::Result<Stri
             ),
         )),
     })
-}
-
-fn source_hash(conninfo: &str) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    conninfo.hash(&mut h);
-    format!("{:016x}", h.finish())
 }
 
 /// Writes a status that says only why the Sandbox is not ready, keeping what was known.
@@ -224,86 +218,6 @@ async fn create(sbx: &Sandbox, ctx: &Context, agent: &crate::agent::AgentClient,
     }
 }
 
-fn is_ready(status: &SandboxStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// The status from the agent's view: the four conditions and the figures.
-pub fn status_from(sbx: &Sandbox, view: &SandboxView, source_hash: Option<String>) -> SandboxStatus {
-    let old = sbx.status.clone().unwrap_or_default().conditions;
-    let generation = sbx.metadata.generation;
-    let st = view.status.as_ref();
-    let sup = view.supervision.as_ref();
-    let state = view.state;
-    let reasons = st.map(|s| s.reasons.join("; ")).unwrap_or_default();
-    let current = sup.is_some_and(|s| s.current);
-    let replicating = st.is_some_and(|s| s.apply_worker_running);
-    let cond = |t: &str, on: bool, yes: (&str, String), no: (&str, String)| -> Condition {
-        let (reason, message) = if on { yes } else { no };
-        condition(&old, t, on, reason, message, generation)
-    };
-    let not_current = sup.and_then(|s| s.not_current_reason.clone()).unwrap_or_else(|| {
-        if view.creating {
-            "the agent is making the initial copy".into()
-        } else {
-            reasons.clone()
-        }
-    });
-    let conditions = vec![
-        cond(
-            "Ready",
-            state == Some(SandboxState::Ready) && current,
-            ("Current", "the sandbox is current with its source".into()),
-            (if view.creating { "InitialSync" } else { "NotCurrent" }, not_current),
-        ),
-        cond(
-            "Replicating",
-            replicating,
-            ("Streaming", "the apply worker streams from the source's slot".into()),
-            ("NotStreaming", "the apply worker is not running".into()),
-        ),
-        cond(
-            "Degraded",
-            state == Some(SandboxState::Degraded),
-            ("Degraded", reasons.clone()),
-            ("AsExpected", String::new()),
-        ),
-        cond(
-            "Stale",
-            state == Some(SandboxState::Stale),
-            ("Stale", reasons.clone()),
-            ("AsExpected", String::new()),
-        ),
-    ];
-    let mut tables = TableCounts::default();
-    for t in st.map(|s| s.tables.as_slice()).unwrap_or_default() {
-        match t.state {
-            understudy::sandbox::TableSyncState::Ready => tables.ready += 1,
-            understudy::sandbox::TableSyncState::Syncing => tables.syncing += 1,
-            understudy::sandbox::TableSyncState::Copying => tables.copying += 1,
-            _ => tables.other += 1,
-        }
-    }
-    SandboxStatus {
-        state: state
-            .and_then(|s| serde_json::to_value(s).ok())
-            .and_then(|v| v.as_str().map(str::to_string)),
-        conditions,
-        lag_bytes: st.and_then(|s| s.lag_bytes),
-        lag_seconds: st.and_then(|s| s.lag_seconds).map(|s| (s * 1000.0).round() / 1000.0),
-        wal_retained_bytes: st.and_then(|s| s.retained_wal_bytes),
-        wal_status: st.and_then(|s| s.wal_status).map(|w| w.as_str().to_string()),
-        slot: st.map(|s| s.slot.clone()),
-        tables: st.map(|_| tables),
-        server_restarts: sup.map(|s| s.restarts),
-        source_hash,
-        observed_generation: generation,
-    }
-}
-
 /// The agent's token Secret, StatefulSet, Service and NetworkPolicy, applied (server-side) with the Sandbox as
 /// their owner.
 async fn ensure_objects(sbx: &Sandbox, ctx: &Context, source: &ConnInfo) -> Result<()> {
@@ -323,7 +237,13 @@ async fn ensure_objects(sbx: &Sandbox, ctx: &Context, source: &ConnInfo) -> Resu
                 owner_references: Some(vec![owner.clone()]),
                 ..ObjectMeta::default()
             },
-            string_data: Some(std::collections::BTreeMap::from([("token".to_string(), new_token())])),
+            string_data: Some(std::collections::BTreeMap::from([(
+                "token".to_string(),
+                understudy::server::Token::random()
+                    .map_err(Error::Random)?
+                    .expose()
+                    .to_string(),
+            )])),
             ..Secret::default()
         };
         match secrets.create(&PostParams::default(), &secret).await {
@@ -367,24 +287,6 @@ fn typed(obj: &impl serde::Serialize, api_version: &str, kind: &str) -> Result<s
     value["apiVersion"] = api_version.into();
     value["kind"] = kind.into();
     Ok(value)
-}
-
-/// A fresh API token for an agent (64 hex digits).
-fn new_token() -> String {
-    use std::hash::BuildHasher;
-    (0..4)
-        .map(|i: u64| {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(i);
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0),
-            );
-            format!("{:016x}", h.finish())
-        })
-        .collect()
 }
 
 /// The Sandbox is deleted: its slot and publication leave the source, through the agent, or with the Secret when
@@ -446,143 +348,6 @@ async fn cleanup(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
 }
 
 #[cfg(test)]
-mod tests {
-    use understudy::sandbox::status::TableSync;
-    use understudy::sandbox::{SandboxStatus as AgentStatus, TableSyncState};
-    use understudy::supervisor::Supervision;
-
-    use super::*;
-    use crate::crd::SandboxSpec;
-
-    fn sandbox() -> Sandbox {
-        Sandbox::new(
-            "shop",
-            serde_json::from_value::<SandboxSpec>(serde_json::json!({
-                "source": {"secretRef": {"name": "prod"}}, "publication": "shop_pub"}))
-            .expect("spec"),
-        )
-    }
-
-    fn agent_status(state: SandboxState, worker: bool, reasons: &[&str]) -> AgentStatus {
-        serde_json::from_value(serde_json::json!({
-            "name": "shop", "state": state, "reasons": reasons, "source": "host=db password=********",
-            "publication": "shop_pub", "slot": "understudy_shop", "cluster": "host=/x port=5432",
-            "cluster_running": true, "apply_worker_running": worker, "apply_error_count": 0,
-            "received_lsn": null, "applied_lsn": null, "source_lsn": "0/10", "confirmed_lsn": "0/10",
-            "lag_bytes": 120, "lag_seconds": 0.123456, "retained_wal_bytes": 4096, "wal_status": "reserved",
-            "wal_budget_bytes": 1073741824, "tables": [], "drift": [], "last_error": null, "warnings": []
-        }))
-        .expect("agent status")
-    }
-
-    fn view(state: SandboxState, worker: bool, current: bool, reasons: &[&str]) -> SandboxView {
-        let mut st = agent_status(state, worker, reasons);
-        st.tables = vec![
-            TableSync {
-                table: "public.orders".into(),
-                state: TableSyncState::Ready,
-            },
-            TableSync {
-                table: "public.events".into(),
-                state: TableSyncState::Copying,
-            },
-        ];
-        SandboxView {
-            name: "shop".into(),
-            state: Some(state),
-            creating: false,
-            creation_error: None,
-            status: Some(st),
-            supervision: Some(Supervision {
-                restarts: 2,
-                current,
-                not_current_reason: (!current).then(|| "lags 45.0 s behind the source".to_string()),
-                ..Supervision::default()
-            }),
-        }
-    }
-
-    fn cond<'a>(s: &'a SandboxStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).expect("condition")
-    }
-
-    #[test]
-    fn a_current_sandbox_is_ready_and_replicating() {
-        let s = status_from(
-            &sandbox(),
-            &view(SandboxState::Ready, true, true, &[]),
-            Some("h".into()),
-        );
-        assert_eq!(
-            (cond(&s, "Ready").status.as_str(), cond(&s, "Ready").reason.as_str()),
-            ("True", "Current")
-        );
-        assert_eq!(cond(&s, "Replicating").status, "True");
-        assert_eq!(cond(&s, "Degraded").status, "False");
-        assert_eq!(cond(&s, "Stale").status, "False");
-        assert_eq!(s.state.as_deref(), Some("ready"));
-        assert_eq!(s.lag_seconds, Some(0.123));
-        assert_eq!((s.lag_bytes, s.wal_retained_bytes), (Some(120), Some(4096)));
-        assert_eq!(s.wal_status.as_deref(), Some("reserved"));
-        assert_eq!(s.slot.as_deref(), Some("understudy_shop"));
-        assert_eq!(s.server_restarts, Some(2));
-        assert_eq!(s.tables.as_ref().map(|t| (t.ready, t.copying)), Some((1, 1)));
-        assert_eq!(s.source_hash.as_deref(), Some("h"));
-    }
-
-    #[test]
-    fn a_lagging_sandbox_is_not_ready_and_says_why() {
-        let s = status_from(&sandbox(), &view(SandboxState::Ready, true, false, &[]), None);
-        assert_eq!(cond(&s, "Ready").status, "False");
-        assert_eq!(cond(&s, "Ready").reason, "NotCurrent");
-        assert!(cond(&s, "Ready").message.contains("45.0 s"));
-    }
-
-    #[test]
-    fn degraded_and_stale_sandboxes_carry_their_reasons() {
-        let s = status_from(
-            &sandbox(),
-            &view(SandboxState::Degraded, true, false, &["1 schema change(s)"]),
-            None,
-        );
-        assert_eq!(cond(&s, "Degraded").status, "True");
-        assert!(cond(&s, "Degraded").message.contains("schema change"));
-        let s = status_from(
-            &sandbox(),
-            &view(SandboxState::Stale, false, false, &["slot gone"]),
-            None,
-        );
-        assert_eq!(cond(&s, "Stale").status, "True");
-        assert_eq!(cond(&s, "Replicating").status, "False");
-        assert_eq!(cond(&s, "Ready").status, "False");
-    }
-
-    #[test]
-    fn a_sandbox_in_its_initial_copy_says_so() {
-        let v = SandboxView {
-            name: "shop".into(),
-            state: Some(SandboxState::InitialSync),
-            creating: true,
-            creation_error: None,
-            status: None,
-            supervision: None,
-        };
-        let s = status_from(&sandbox(), &v, None);
-        assert_eq!(cond(&s, "Ready").reason, "InitialSync");
-        assert_eq!(s.state.as_deref(), Some("initial-sync"));
-        assert_eq!(s.tables, None);
-    }
-
-    #[test]
-    fn the_source_hash_changes_with_the_secret() {
-        assert_eq!(source_hash("host=a password=x"), source_hash("host=a password=x"));
-        assert_ne!(source_hash("host=a password=x"), source_hash("host=a password=y"));
-        assert_eq!(new_token().len(), 64);
-        assert_ne!(new_token(), new_token());
-    }
-}
-
-#[cfg(test)]
 mod reconcile_tests {
     use super::*;
     use crate::controller::mock::{self, expect, silence};
@@ -601,6 +366,20 @@ mod reconcile_tests {
         s
     }
 
+    /// The status patch that ends a reconcile, answered with a Sandbox; nothing may follow it.
+    async fn last_status_patch(handle: &mut mock::Handle, path: &str) -> serde_json::Value {
+        let patch = expect(
+            handle,
+            "PATCH",
+            path,
+            200,
+            serde_json::to_value(sandbox("shop")).expect("json"),
+        )
+        .await;
+        silence(handle).await;
+        patch
+    }
+
     #[tokio::test]
     async fn a_missing_source_secret_is_a_condition_and_a_retry() {
         let (ctx, mut handle) = Context::test();
@@ -614,16 +393,11 @@ mod reconcile_tests {
                 mock::status(404, "NotFound"),
             )
             .await;
-            let patch = expect(
+            last_status_patch(
                 &mut handle,
-                "PATCH",
                 "/apis/understudy.dev/v1alpha1/namespaces/ns/sandboxes/shop/status",
-                200,
-                serde_json::to_value(sandbox("shop")).expect("json"),
             )
-            .await;
-            silence(&mut handle).await;
-            patch
+            .await
         });
         let action = apply(&sbx, &ctx).await.expect("a missing Secret is not an error");
         assert_eq!(action, Action::requeue(Duration::from_secs(30)));
@@ -652,16 +426,7 @@ mod reconcile_tests {
         let (ctx, mut handle) = Context::test();
         let sbx = sandbox("a-name-that-is-far-too-long-for-a-sandbox-name-here");
         let server = tokio::spawn(async move {
-            let patch = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/understudy.dev/v1alpha1/namespaces/ns/sandboxes/",
-                200,
-                serde_json::to_value(sandbox("x")).expect("json"),
-            )
-            .await;
-            silence(&mut handle).await;
-            patch
+            last_status_patch(&mut handle, "/apis/understudy.dev/v1alpha1/namespaces/ns/sandboxes/").await
         });
         apply(&sbx, &ctx).await.expect("apply");
         let patch = server.await.expect("server");
