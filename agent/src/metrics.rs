@@ -11,6 +11,7 @@ use crate::sandbox::{SandboxState, SandboxStatus};
 /// Every metric the agent serves.
 pub struct Metrics {
     registry: Registry,
+    info: IntGaugeVec,
     sandbox_state: IntGaugeVec,
     lag_bytes: GaugeVec,
     lag_seconds: GaugeVec,
@@ -72,6 +73,7 @@ impl Metrics {
         let info = int_gauge("understudy_agent_info", "The agent's version (always 1)", &["version"])?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(Metrics {
+            info,
             sandbox_state: int_gauge(
                 "understudy_sandbox_state",
                 "1 for the state each sandbox is in, 0 for the others",
@@ -200,6 +202,31 @@ impl Metrics {
         self.errors.with_label_values(&[kind.metric_label()]).inc();
     }
 
+    /// The name of every metric the agent can serve, whether or not it has a series yet (alert rules and
+    /// dashboards are checked against these).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 12] = [
+            &self.info,
+            &self.sandbox_state,
+            &self.lag_bytes,
+            &self.lag_seconds,
+            &self.wal_retained_bytes,
+            &self.wal_budget_bytes,
+            &self.server_restarts,
+            &self.ddl_applied,
+            &self.last_current,
+            &self.dryruns,
+            &self.dryruns_running,
+            &self.errors,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -207,5 +234,32 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_every_metric_served() {
+        let m = Metrics::new().expect("metrics");
+        m.server_restarted("shop");
+        m.dryrun_started("shop");
+        m.dryrun_finished("shop", Some(Verdict::Pass), false);
+        m.error(ErrorKind::Invalid);
+        let names = m.names();
+        assert_eq!(names.len(), 12, "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("understudy_")), "{names:?}");
+        let text = m.render();
+        let served: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(served.len(), 5, "{served:?}");
+        for name in served {
+            assert!(names.iter().any(|n| n == name), "{name} is served but not named");
+        }
     }
 }
