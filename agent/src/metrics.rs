@@ -18,6 +18,7 @@ pub struct Metrics {
     wal_retained_bytes: GaugeVec,
     wal_budget_bytes: GaugeVec,
     server_restarts: IntCounterVec,
+    breaker_trips: IntCounterVec,
     ddl_applied: IntCounterVec,
     last_current: GaugeVec,
     dryruns: IntCounterVec,
@@ -104,6 +105,11 @@ impl Metrics {
                 "Restarts of a sandbox's PostgreSQL server by the agent after it stopped or crashed",
                 &["sandbox"],
             )?,
+            breaker_trips: counter(
+                "understudy_sandbox_breaker_trips_total",
+                "Times the WAL budget breaker dropped the sandbox's slot on the source to protect its disk",
+                &["sandbox"],
+            )?,
             ddl_applied: counter(
                 "understudy_sandbox_ddl_applied_total",
                 "Source schema changes the follower applied to the sandbox",
@@ -151,6 +157,10 @@ impl Metrics {
         set(&self.lag_seconds, st.lag_seconds);
         set(&self.wal_retained_bytes, st.retained_wal_bytes.map(|b| b as f64));
         set(&self.wal_budget_bytes, Some(st.wal_budget_bytes as f64));
+        // Counters start at 0 for every sandbox, so that `increase()` sees their first trip or restart.
+        for c in [&self.server_restarts, &self.breaker_trips] {
+            let _ = c.with_label_values(&[name]);
+        }
     }
 
     pub fn sandbox_current(&self, name: &str, at: jiff::Timestamp) {
@@ -161,6 +171,10 @@ impl Metrics {
 
     pub fn server_restarted(&self, name: &str) {
         self.server_restarts.with_label_values(&[name]).inc();
+    }
+
+    pub fn breaker_tripped(&self, name: &str) {
+        self.breaker_trips.with_label_values(&[name]).inc();
     }
 
     pub fn ddl_applied(&self, name: &str, n: usize) {
@@ -180,6 +194,9 @@ impl Metrics {
             &self.last_current,
         ] {
             let _ = g.remove_label_values(&[name]);
+        }
+        for c in [&self.server_restarts, &self.breaker_trips, &self.ddl_applied] {
+            let _ = c.remove_label_values(&[name]);
         }
     }
 
@@ -206,7 +223,7 @@ impl Metrics {
     /// dashboards are checked against these).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 12] = [
+        let collectors: [&dyn Collector; 13] = [
             &self.info,
             &self.sandbox_state,
             &self.lag_bytes,
@@ -214,6 +231,7 @@ impl Metrics {
             &self.wal_retained_bytes,
             &self.wal_budget_bytes,
             &self.server_restarts,
+            &self.breaker_trips,
             &self.ddl_applied,
             &self.last_current,
             &self.dryruns,
@@ -245,11 +263,12 @@ mod tests {
     fn names_cover_every_metric_served() {
         let m = Metrics::new().expect("metrics");
         m.server_restarted("shop");
+        m.breaker_tripped("shop");
         m.dryrun_started("shop");
         m.dryrun_finished("shop", Some(Verdict::Pass), false);
         m.error(ErrorKind::Invalid);
         let names = m.names();
-        assert_eq!(names.len(), 12, "{names:?}");
+        assert_eq!(names.len(), 13, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("understudy_")), "{names:?}");
         let text = m.render();
         let served: Vec<&str> = text
@@ -257,7 +276,11 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(served.len(), 5, "{served:?}");
+        assert_eq!(served.len(), 6, "{served:?}");
+        assert!(
+            text.contains("understudy_sandbox_breaker_trips_total{sandbox=\"shop\"} 1"),
+            "{text}"
+        );
         for name in served {
             assert!(names.iter().any(|n| n == name), "{name} is served but not named");
         }

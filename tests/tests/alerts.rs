@@ -67,6 +67,7 @@ fn every_alert_is_tested_names_real_metrics_and_has_a_runbook() {
         "UnderstudySandboxStale",
         "UnderstudySandboxLagging",
         "UnderstudySlotRetentionNearBudget",
+        "UnderstudyBreakerTripped",
         "UnderstudyAgentDown",
     ] {
         assert!(names.contains(wanted), "alerts.yaml has no {wanted}");

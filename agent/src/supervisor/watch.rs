@@ -92,6 +92,9 @@ async fn pass(
                 if !report.applied.is_empty() {
                     w.metrics.ddl_applied(w.name.as_str(), report.applied.len());
                 }
+                if report.breaker_tripped {
+                    w.metrics.breaker_tripped(w.name.as_str());
+                }
                 w.update(|s| {
                     s.supervision.last_pass_at = Some(now);
                     s.supervision.last_pass_error = report.error.clone();
