@@ -13,10 +13,7 @@ use understudy::source::Replicate;
 
 /// schemathesis's command: `$UNDERSTUDY_TOOLS/venv/bin/st` (installed by `.ci/setup`), else `st` on PATH.
 fn schemathesis() -> PathBuf {
-    let tools = std::env::var_os("UNDERSTUDY_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/opt/understudy-tools".into());
-    let installed = tools.join("venv/bin/st");
+    let installed = tools_venv().join("bin/st");
     if installed.exists() {
         installed
     } else {

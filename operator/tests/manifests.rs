@@ -31,10 +31,7 @@ print(json.dumps({"checked": checked, "problems": problems}))
 "#;
 
 fn python() -> PathBuf {
-    let tools = std::env::var_os("UNDERSTUDY_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/opt/understudy-tools".into());
-    tools.join("venv/bin/python")
+    fixtures::harness::tools_venv().join("bin/python")
 }
 
 fn check(files: &[PathBuf]) -> serde_json::Value {

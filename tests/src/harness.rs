@@ -10,6 +10,15 @@ use understudy::sandbox::{self, CreateOptions, SandboxMeta, StateDir};
 use understudy::source::{Replicate, SandboxName};
 use understudy::verify::checksum;
 
+/// The checkers' venv that `.ci/setup` makes (`$UNDERSTUDY_TOOLS/venv`, default `/opt/understudy-tools/venv`):
+/// schemathesis, kubernetes-validate, jsonschema, helm-python-sdk.
+pub fn tools_venv() -> PathBuf {
+    std::env::var_os("UNDERSTUDY_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/opt/understudy-tools".into())
+        .join("venv")
+}
+
 /// A temporary directory the server's OS user can reach, removed on drop.
 pub struct TempRoot(pub PathBuf);
 

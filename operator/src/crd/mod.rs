@@ -30,6 +30,10 @@ fn without_null_enums(value: &mut serde_json::Value) {
     }
 }
 
+/// Where the generated CRDs are committed, relative to the workspace: `crds/` for `kubectl apply`, and the Helm
+/// chart's `crds/`.
+pub const DIRS: [&str; 2] = ["crds", "charts/understudy/crds"];
+
 /// Each CRD as YAML, with the file it goes to under `crds/`.
 pub fn manifests() -> Vec<(&'static str, String)> {
     let yaml = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
@@ -56,17 +60,20 @@ mod tests {
 
     #[test]
     fn the_committed_crds_are_current() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        for (file, yaml) in manifests() {
-            let path = dir.join(file);
-            if std::env::var_os("UPDATE_CRDS").is_some() {
-                std::fs::write(&path, &yaml).expect("write crds");
+        for dir in DIRS {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+            for (file, yaml) in manifests() {
+                let path = root.join(file);
+                if std::env::var_os("UPDATE_CRDS").is_some() {
+                    std::fs::create_dir_all(&root).expect("crds directory");
+                    std::fs::write(&path, &yaml).expect("write crds");
+                }
+                let committed = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    committed == yaml,
+                    "{dir}/{file} is stale: run `cargo run -p understudy-operator --bin crdgen` and commit {dir}/"
+                );
             }
-            let committed = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                committed == yaml,
-                "crds/{file} is stale: run `cargo run -p understudy-operator --bin crdgen` and commit crds/"
-            );
         }
     }
 
