@@ -187,9 +187,16 @@ fn the_operator_pod_is_restricted_and_its_rbac_is_what_the_e2e_grants() {
         );
     }
     assert!(
-        pod.get("hostNetwork").is_none() && pod.get("volumes").is_none(),
+        pod.get("hostNetwork").is_none() && pod.get("hostPID").is_none(),
         "{pod}"
     );
+    // The restricted standard's volume types: here only an emptyDir for /tmp (the root file system is read-only).
+    for v in pod["volumes"].as_array().expect("volumes") {
+        assert!(v["emptyDir"].is_object(), "{v}");
+    }
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/tmp");
 
     let granted = Value::Array(
         answer["parsed"][local.to_string_lossy().as_ref()]
