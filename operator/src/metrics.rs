@@ -53,6 +53,17 @@ impl Metrics {
         self.errors.with_label_values(&[controller, label]).inc();
     }
 
+    /// The name of every metric the operator serves (a histogram's series add `_bucket`, `_sum` and `_count`).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 3] = [&self.reconciles, &self.errors, &self.duration];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {

@@ -19,6 +19,27 @@ pub fn tools_venv() -> PathBuf {
         .join("venv")
 }
 
+/// Every `understudy_…` metric name in `text` (rules, dashboard expressions), a histogram's series under its
+/// histogram's name (`…_seconds_bucket` is `…_seconds`).
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("understudy_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+            .unwrap_or(name);
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
 /// A temporary directory the server's OS user can reach, removed on drop.
 pub struct TempRoot(pub PathBuf);
 

@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fixtures::harness::metric_names;
+
 fn monitoring() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring")
 }
@@ -28,21 +30,6 @@ fn promtool(args: &[&str]) -> String {
 fn rules() -> serde_json::Value {
     let text = std::fs::read_to_string(monitoring().join("alerts.yaml")).expect("read monitoring/alerts.yaml");
     serde_saphyr::from_str(&text).expect("alerts.yaml is YAML")
-}
-
-/// Every `understudy_…` metric name in `text`.
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("understudy_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.insert(tail[..end].to_string());
-        rest = &tail[end..];
-    }
-    names
 }
 
 #[test]

@@ -57,7 +57,8 @@ fn options() -> BTreeMap<&'static str, Value> {
         (
             "monitoring",
             json!({"metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}},
-                "podMonitor": {"enabled": true, "interval": "15s"}, "prometheusRule": {"enabled": true}}}),
+                "podMonitor": {"enabled": true, "interval": "15s"}, "prometheusRule": {"enabled": true}},
+                "grafanaDashboard": {"enabled": true, "annotations": {"grafana_folder": "Databases"}}}),
         ),
         ("xfs-storage-class", json!({"xfsStorageClass": {"create": true}})),
         (
@@ -115,6 +116,16 @@ fn the_chart_lints_renders_and_validates_for_every_option() {
         assert_eq!(count("monitoring", k), 1, "{k}");
     }
     assert_eq!(count("xfs-storage-class", "StorageClass"), 1);
+    assert_eq!(count("default", "ConfigMap"), 0);
+    let dashboard = kind(&answer["sets"]["monitoring"]["docs"], "ConfigMap")[0];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(dashboard["data"]["understudy.json"].as_str().unwrap_or_default())
+        .expect("the dashboard ConfigMap holds JSON");
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("charts/understudy/dashboards/understudy.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    assert_eq!(shipped, committed);
     assert_eq!(
         count("existing-service-account", "ServiceAccount") + count("existing-service-account", "Role"),
         0

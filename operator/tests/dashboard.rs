@@ -1,0 +1,98 @@
+//! The Grafana dashboard (`charts/understudy/dashboards/understudy.json`): every panel expression parses
+//! (extracted into recording rules that `promtool check rules` checks) and names only metrics that the agent or
+//! the operator really serve.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use fixtures::harness::metric_names;
+use serde_json::Value;
+
+fn dashboard() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/understudy/dashboards/understudy.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read the dashboard")).expect("dashboard JSON")
+}
+
+/// Every panel's expressions (rows' nested panels included), with the panel's title.
+fn expressions(panels: &Value, out: &mut Vec<(String, String)>) {
+    for panel in panels.as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a target without expr").to_string();
+            out.push((panel["title"].as_str().unwrap_or_default().to_string(), expr));
+        }
+        expressions(&panel["panels"], out);
+    }
+}
+
+/// Grafana's variables replaced by values Prometheus accepts.
+fn substituted(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$__range", "1h")
+        .replace("$sandbox", ".*")
+}
+
+#[test]
+fn every_panel_parses_and_names_served_metrics() {
+    let dashboard = dashboard();
+    let mut exprs = Vec::new();
+    expressions(&dashboard["panels"], &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for (title, _) in &exprs {
+        assert!(!title.is_empty(), "a panel without a title");
+    }
+
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, e))| serde_json::json!({"record": format!("dashboard:panel_{i}"), "expr": substituted(e)}))
+        .collect();
+    let file = std::env::temp_dir().join(format!("understudy-dashboard-{}.yaml", std::process::id()));
+    let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, doc.to_string()).expect("write the rules");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (Debian's prometheus package; run bash .ci/setup)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "a panel expression does not parse: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut served: BTreeSet<String> = understudy::metrics::Metrics::new()
+        .expect("agent metrics")
+        .names()
+        .into_iter()
+        .collect();
+    served.extend(operator::metrics::Metrics::new().expect("operator metrics").names());
+    let named: BTreeSet<String> = exprs.iter().flat_map(|(_, e)| metric_names(e)).collect();
+    let unknown: Vec<&String> = named.difference(&served).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard names metrics nobody serves: {unknown:?}"
+    );
+    // The panels the dashboard is for.
+    for wanted in [
+        "understudy_sandbox_apply_lag_seconds",
+        "understudy_sandbox_wal_retained_bytes",
+        "understudy_sandbox_wal_budget_bytes",
+        "understudy_dryruns_total",
+    ] {
+        assert!(named.contains(wanted), "no panel shows {wanted}");
+    }
+}
+
+#[test]
+fn histogram_suffixes_and_grafana_variables_are_handled() {
+    assert_eq!(
+        metric_names("histogram_quantile(0.99, rate(understudy_operator_reconcile_duration_seconds_bucket[5m]))"),
+        BTreeSet::from(["understudy_operator_reconcile_duration_seconds".to_string()])
+    );
+    assert_eq!(
+        substituted("increase(x{sandbox=~\"$sandbox\"}[$__rate_interval])"),
+        "increase(x{sandbox=~\".*\"}[5m])"
+    );
+}
