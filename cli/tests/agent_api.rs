@@ -39,30 +39,6 @@ async fn wait_ready(agent: &Agent, name: &str) -> serde_json::Value {
     }
 }
 
-fn promtool_check(metrics: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; run bash .ci/setup)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(metrics.as_bytes())
-        .expect("write metrics");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
     let root = TempRoot::new("api");
@@ -307,7 +283,7 @@ async fn the_api_creates_a_sandbox_and_runs_dry_runs_as_the_cli_does() {
         "{metrics}"
     );
     assert!(!metrics.contains(password) && !metrics.contains(TOKEN));
-    promtool_check(&metrics);
+    promtool_check_metrics(&metrics);
 
     let (status, report) = agent.delete("/v1/sandboxes/shop").await;
     assert_eq!(status, 200, "{report}");

@@ -19,6 +19,32 @@ pub fn tools_venv() -> PathBuf {
         .join("venv")
 }
 
+/// Asserts that `promtool check metrics` (Debian's prometheus package) accepts the exposition `text`.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; run bash .ci/setup)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the metrics");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every `understudy_…` metric name in `text` (rules, dashboard expressions), a histogram's series under its
 /// histogram's name (`…_seconds_bucket` is `…_seconds`).
 pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
