@@ -238,21 +238,31 @@ impl Metrics {
             &self.dryruns_running,
             &self.errors,
         ];
-        collectors
-            .iter()
-            .flat_map(|c| c.desc())
-            .map(|d| d.fq_name.clone())
-            .collect()
+        names_of(&collectors)
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
-            return String::new();
-        }
-        String::from_utf8(out).unwrap_or_default()
+        render(&self.registry)
     }
+}
+
+/// The names of `collectors`' metrics (shared with the operator's metrics).
+pub fn names_of(collectors: &[&dyn prometheus::core::Collector]) -> Vec<String> {
+    collectors
+        .iter()
+        .flat_map(|c| c.desc())
+        .map(|d| d.fq_name.clone())
+        .collect()
+}
+
+/// `registry` in the text exposition format (shared with the operator's metrics).
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    if TextEncoder::new().encode(&registry.gather(), &mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,12 +1,40 @@
 //! The operator's `/metrics` output passes `promtool check metrics` (Prometheus' naming and format lint), with
 //! series of every metric present.
 
+use operator::crd::dryrun::{KeyFigures, RunResult};
+use operator::crd::{DryRunPhase, DryRunStatus};
+
 #[test]
 fn promtool_accepts_the_operators_metrics() {
     let metrics = operator::metrics::Metrics::new().expect("metrics");
     drop(metrics.reconcile("sandbox"));
     drop(metrics.reconcile("dryrun"));
     metrics.error("dryrun", "invalid");
+    let status = DryRunStatus {
+        verdict: Some("pass".into()),
+        figures: Some(KeyFigures {
+            duration_ms: 820.0,
+            blocked_writes: 0,
+            longest_lock_wait_ms: 12.0,
+            failed_writes: 0,
+            rollback: "proven".into(),
+        }),
+        history: vec![RunResult {
+            run: "r1".into(),
+            started_at: Some("2026-12-02T02:00:00Z".into()),
+            finished_at: Some("2026-12-02T02:01:00Z".into()),
+            phase: DryRunPhase::Succeeded,
+            verdict: Some("pass".into()),
+            summary: None,
+        }],
+        next_runs: vec!["2026-12-03T02:00:00Z".into()],
+        ..DryRunStatus::default()
+    };
+    metrics.dryruns.status("shop", "index", &status);
+    metrics.dryruns.run_ended("shop", "index", Some("pass"));
+    metrics
+        .dryruns
+        .start_due("shop", "nightly", Some("2026-12-02T02:00:00Z".parse().expect("time")));
     let text = metrics.render();
     for name in metrics.names() {
         assert!(

@@ -29,6 +29,12 @@ pub async fn reconcile(dr: Arc<DryRun>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = dr.namespace().unwrap_or_else(|| "default".into());
     let api: Api<DryRun> = Api::namespaced(ctx.client.clone(), &ns);
+    // Metrics from the status as it stands, so that a restarted operator serves them before anything changes.
+    if dr.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.dryruns.forget(&ns, &dr.name_any());
+    } else if let Some(status) = &dr.status {
+        ctx.metrics.dryruns.status(&ns, &dr.name_any(), status);
+    }
     let action = finalizer(&api, FINALIZER, Arc::clone(&dr), |event| async {
         match event {
             Finalizer::Apply(d) => apply(&d, &ctx).await,
@@ -65,6 +71,8 @@ async fn write(dr: &DryRun, ctx: &Context, mut status: DryRunStatus) -> Result<(
     if dr.status.as_ref() != Some(&status) {
         patch_status(ctx, dr, &status).await?;
     }
+    let ns = dr.namespace().unwrap_or_default();
+    ctx.metrics.dryruns.status(&ns, &dr.name_any(), &status);
     Ok(())
 }
 
@@ -117,6 +125,7 @@ async fn apply(dr: &DryRun, ctx: &Context) -> Result<Action> {
         .map(|t| t.0)
         .unwrap_or_else(jiff::Timestamp::now);
     let due = request::due(&schedule, &status, created, &now);
+    ctx.metrics.dryruns.start_due(&ns, &dr.name_any(), due);
     let mut status = status;
     status.conditions = vec![condition(
         &status.conditions,
@@ -177,6 +186,7 @@ async fn apply(dr: &DryRun, ctx: &Context) -> Result<Action> {
         Err(e) => return Err(e),
     };
     let view = agent.start_run(&request).await?;
+    ctx.metrics.dryruns.start_due(&ns, &dr.name_any(), None);
     ctx.event(
         dr,
         EventType::Normal,
@@ -315,6 +325,10 @@ async fn finish(
         EventType::Warning
     };
     ctx.event(dr, kind, "RunFinished", note).await;
+    let ns = dr.namespace().unwrap_or_default();
+    ctx.metrics
+        .dryruns
+        .run_ended(&ns, &dr.name_any(), status.verdict.as_deref());
     write(dr, ctx, status.clone()).await
 }
 
@@ -570,6 +584,21 @@ mod reconcile_tests {
         assert_eq!(patch["status"]["phase"], "Scheduled");
         assert_eq!(patch["status"]["nextRuns"].as_array().map(Vec::len), Some(3));
         assert_ne!(action, Action::await_change(), "it requeues for its next start");
+        let next: jiff::Timestamp = patch["status"]["nextRuns"][0]
+            .as_str()
+            .expect("next")
+            .parse()
+            .expect("time");
+        let metrics = ctx.metrics.render();
+        let series = format!(
+            "understudy_dryrun_next_run_timestamp_seconds{{dryrun=\"add-flag\",namespace=\"ns\"}} {}",
+            next.as_second()
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+        assert!(
+            !metrics.contains("understudy_dryrun_start_due_timestamp_seconds{"),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,19 @@
-//! The operator's Prometheus metrics (`/metrics`): reconciles and their errors by controller and error kind, and
-//! how long reconciles take.
+//! The operator's Prometheus metrics (`/metrics`): reconciles and their errors by controller and error kind, how
+//! long reconciles take, and each DryRun's latest results ([`dryrun`]).
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+mod dryrun;
+
+pub use dryrun::DryRunMetrics;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 pub struct Metrics {
     registry: Registry,
     reconciles: IntCounterVec,
     errors: IntCounterVec,
     duration: HistogramVec,
+    /// Each DryRun's latest results.
+    pub dryruns: DryRunMetrics,
 }
 
 impl Metrics {
@@ -35,7 +41,9 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let dryruns = DryRunMetrics::new(&registry)?;
         Ok(Metrics {
+            dryruns,
             registry,
             reconciles,
             errors,
@@ -56,19 +64,12 @@ impl Metrics {
     /// The name of every metric the operator serves (a histogram's series add `_bucket`, `_sum` and `_count`).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 3] = [&self.reconciles, &self.errors, &self.duration];
-        collectors
-            .iter()
-            .flat_map(|c| c.desc())
-            .map(|d| d.fq_name.clone())
-            .collect()
+        let mut collectors: Vec<&dyn Collector> = vec![&self.reconciles, &self.errors, &self.duration];
+        collectors.extend(self.dryruns.collectors());
+        understudy::metrics::names_of(&collectors)
     }
 
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
-            return String::new();
-        }
-        String::from_utf8(out).unwrap_or_default()
+        understudy::metrics::render(&self.registry)
     }
 }

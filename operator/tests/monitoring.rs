@@ -1,6 +1,6 @@
-//! The Grafana dashboard (`charts/understudy/dashboards/understudy.json`): every panel expression parses
-//! (extracted into recording rules that `promtool check rules` checks) and names only metrics that the agent or
-//! the operator really serve.
+//! The Grafana dashboard (`charts/understudy/dashboards/understudy.json`) and the alert rules
+//! (`monitoring/alerts.yaml`) against what the agent and the operator really serve: every panel expression parses
+//! (extracted into recording rules that `promtool check rules` checks), and every metric either names is served.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,6 +29,30 @@ fn substituted(expr: &str) -> String {
     expr.replace("$__rate_interval", "5m")
         .replace("$__range", "1h")
         .replace("$sandbox", ".*")
+}
+
+/// Every metric the agent or the operator serves.
+fn served() -> BTreeSet<String> {
+    let mut served: BTreeSet<String> = understudy::metrics::Metrics::new()
+        .expect("agent metrics")
+        .names()
+        .into_iter()
+        .collect();
+    served.extend(operator::metrics::Metrics::new().expect("operator metrics").names());
+    served
+}
+
+#[test]
+fn the_alert_rules_and_their_tests_name_served_metrics() {
+    let served = served();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring");
+    for file in ["alerts.yaml", "alerts_test.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("read the rules");
+        let named = metric_names(&text);
+        assert!(named.len() >= 7, "{file}: {named:?}");
+        let unknown: Vec<&String> = named.difference(&served).collect();
+        assert!(unknown.is_empty(), "{file} names metrics nobody serves: {unknown:?}");
+    }
 }
 
 #[test]
@@ -62,12 +86,7 @@ fn every_panel_parses_and_names_served_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut served: BTreeSet<String> = understudy::metrics::Metrics::new()
-        .expect("agent metrics")
-        .names()
-        .into_iter()
-        .collect();
-    served.extend(operator::metrics::Metrics::new().expect("operator metrics").names());
+    let served = served();
     let named: BTreeSet<String> = exprs.iter().flat_map(|(_, e)| metric_names(e)).collect();
     let unknown: Vec<&String> = named.difference(&served).collect();
     assert!(
@@ -80,6 +99,10 @@ fn every_panel_parses_and_names_served_metrics() {
         "understudy_sandbox_wal_retained_bytes",
         "understudy_sandbox_wal_budget_bytes",
         "understudy_dryruns_total",
+        "understudy_dryrun_verdict",
+        "understudy_dryrun_blocked_writes",
+        "understudy_dryrun_longest_lock_wait_seconds",
+        "understudy_dryrun_failed_writes",
     ] {
         assert!(named.contains(wanted), "no panel shows {wanted}");
     }
