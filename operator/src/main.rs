@@ -11,7 +11,13 @@ use operator::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "understudy-operator", version, about = "Understudy's Kubernetes operator")]
+// A later `--listen` (or any flag) given again overrides the earlier: wrappers add their own after the defaults.
+#[command(
+    name = "understudy-operator",
+    version,
+    about = "Understudy's Kubernetes operator",
+    args_override_self = true
+)]
 struct Args {
     /// Watch this namespace only (its Role is enough) [default: all namespaces]
     #[arg(long, env = "WATCH_NAMESPACE")]

@@ -3,8 +3,8 @@
 //! `kubectl apply` of a Secret and a Sandbox gives `Ready=True` and checksum parity; a DryRun of `SET NOT NULL`
 //! over NULL rows fails with the exact count; `CREATE INDEX CONCURRENTLY` passes with no blocked writes; a
 //! scheduled DryRun shows its next runs and runs at its time; the operator killed mid-run and restarted ends in a
-//! consistent status with no fork or slot left; deleting everything leaves nothing on the source and nothing in
-//! the namespace but what the user made.
+//! consistent status with no fork or slot left, and serves each DryRun's verdict again on `/metrics`; deleting
+//! everything leaves nothing on the source and nothing in the namespace but what the user made.
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,26 @@ async fn finished(cluster: &LocalCluster, api: &Api<DryRun>, name: &str, runs: u
     .await
 }
 
+/// The operator's `/metrics`, once it holds every one of `series` (within 20 s).
+async fn operator_metrics(port: u16, series: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if series.iter().all(|s| text.contains(s.as_str())) {
+            return text;
+        }
+        let missing: Vec<&String> = series.iter().filter(|s| !text.contains(s.as_str())).collect();
+        assert!(
+            Instant::now() < deadline,
+            "the operator's /metrics lacks {missing:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn dry_run(name: &str, body: &str) -> String {
     format!(
         "apiVersion: understudy.dev/v1alpha1\nkind: DryRun\nmetadata:\n  name: {name}\nspec:\n  sandbox: shop\n{body}"
@@ -88,7 +108,12 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
     let root = TempRoot::new("e2e");
     let source = seeded_source(&root, 5_000).await;
     let writer = Writer::start(source.admin().await.expect("writer"), 50);
-    let options = Options::new(root.path().join("k8s")).operator_bin(env!("CARGO_BIN_EXE_understudy-operator"));
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut options = Options::new(root.path().join("k8s")).operator_bin(env!("CARGO_BIN_EXE_understudy-operator"));
+    options.operator_args = vec!["--listen".into(), format!("127.0.0.1:{metrics_port}")];
     let mut cluster = LocalCluster::start(options).await.expect("local cluster");
     let ns = cluster.namespace().to_string();
     let client = cluster.client();
@@ -203,6 +228,16 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         "{st:?}"
     );
 
+    // The operator's /metrics: each DryRun's latest verdict and figures, in Prometheus' format.
+    let verdicts = [
+        format!(r#"understudy_dryrun_verdict{{dryrun="not-null",namespace="{ns}",verdict="fail"}} 1"#),
+        format!(r#"understudy_dryrun_verdict{{dryrun="index",namespace="{ns}",verdict="pass"}} 1"#),
+        format!(r#"understudy_dryrun_blocked_writes{{dryrun="index",namespace="{ns}"}} 0"#),
+        format!(r#"understudy_dryrun_rollback{{dryrun="index",namespace="{ns}",rollback="proven"}} 1"#),
+    ];
+    let text = operator_metrics(metrics_port, &verdicts).await;
+    promtool_check_metrics(&text);
+
     // A scheduled DryRun shows its next runs and runs at its time.
     apply(&cluster, "nightly", &dry_run("nightly", "  up: ALTER TABLE orders ADD COLUMN IF NOT EXISTS flag boolean;\n  warmup: 1s\n  after: 1s\n  verify: false\n  schedule:\n    cron: \"* * * * *\"\n")).await;
     let scheduled = wait_for(
@@ -274,6 +309,8 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         "{:?}",
         dr.status
     );
+    // The restarted operator serves the verdicts again, from the DryRuns' status.
+    operator_metrics(metrics_port, &verdicts).await;
     assert!(understudy::fork::list(&state).is_empty(), "forks left in the agent");
     assert_eq!(capture_slots(&meta).await, 0, "capture slots left on the sandbox");
 
