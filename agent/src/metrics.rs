@@ -6,7 +6,8 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, 
 
 use crate::error::ErrorKind;
 use crate::report::Verdict;
-use crate::sandbox::{SandboxState, SandboxStatus};
+use crate::sandbox::{SandboxState, SandboxStatus, TableSyncState};
+use crate::source::objects::WalStatus;
 
 /// Every metric the agent serves.
 pub struct Metrics {
@@ -17,6 +18,9 @@ pub struct Metrics {
     lag_seconds: GaugeVec,
     wal_retained_bytes: GaugeVec,
     wal_budget_bytes: GaugeVec,
+    wal_status: IntGaugeVec,
+    tables: IntGaugeVec,
+    drift: IntGaugeVec,
     server_restarts: IntCounterVec,
     breaker_trips: IntCounterVec,
     ddl_applied: IntCounterVec,
@@ -25,6 +29,22 @@ pub struct Metrics {
     dryruns_running: IntGaugeVec,
     errors: IntCounterVec,
 }
+
+const WAL_STATUSES: [WalStatus; 4] = [
+    WalStatus::Reserved,
+    WalStatus::Extended,
+    WalStatus::Unreserved,
+    WalStatus::Lost,
+];
+
+const SYNC_STATES: [TableSyncState; 6] = [
+    TableSyncState::Initializing,
+    TableSyncState::Copying,
+    TableSyncState::FinishedCopy,
+    TableSyncState::Syncing,
+    TableSyncState::Ready,
+    TableSyncState::Unknown,
+];
 
 const STATES: [SandboxState; 4] = [
     SandboxState::InitialSync,
@@ -100,6 +120,21 @@ impl Metrics {
                 "The most WAL the slot may keep on the source before the breaker drops it",
                 &["sandbox"],
             )?,
+            wal_status: int_gauge(
+                "understudy_sandbox_wal_status",
+                "1 for the wal_status of the slot on the source (reserved, extended, unreserved, lost), 0 for the others",
+                &["sandbox", "wal_status"],
+            )?,
+            tables: int_gauge(
+                "understudy_sandbox_tables",
+                "The sandbox's tables, by synchronisation state",
+                &["sandbox", "state"],
+            )?,
+            drift: int_gauge(
+                "understudy_sandbox_drift_changes",
+                "Schema changes on the source that are not (yet) on the sandbox",
+                &["sandbox"],
+            )?,
             server_restarts: counter(
                 "understudy_sandbox_server_restarts_total",
                 "Restarts of a sandbox's PostgreSQL server by the agent after it stopped or crashed",
@@ -157,6 +192,24 @@ impl Metrics {
         set(&self.lag_seconds, st.lag_seconds);
         set(&self.wal_retained_bytes, st.retained_wal_bytes.map(|b| b as f64));
         set(&self.wal_budget_bytes, Some(st.wal_budget_bytes as f64));
+        for w in WAL_STATUSES {
+            let labels = [name, w.as_str()];
+            match st.wal_status {
+                Some(current) => self.wal_status.with_label_values(&labels).set(i64::from(current == w)),
+                None => {
+                    let _ = self.wal_status.remove_label_values(&labels);
+                }
+            }
+        }
+        for state in SYNC_STATES {
+            let n = st.tables.iter().filter(|t| t.state == state).count();
+            self.tables
+                .with_label_values(&[name, state.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.drift
+            .with_label_values(&[name])
+            .set(i64::try_from(st.drift.len()).unwrap_or(i64::MAX));
         // Counters start at 0 for every sandbox, so that `increase()` sees their first trip or restart.
         for c in [&self.server_restarts, &self.breaker_trips] {
             let _ = c.with_label_values(&[name]);
@@ -198,6 +251,13 @@ impl Metrics {
         for c in [&self.server_restarts, &self.breaker_trips, &self.ddl_applied] {
             let _ = c.remove_label_values(&[name]);
         }
+        for w in WAL_STATUSES {
+            let _ = self.wal_status.remove_label_values(&[name, w.as_str()]);
+        }
+        for state in SYNC_STATES {
+            let _ = self.tables.remove_label_values(&[name, state.as_str()]);
+        }
+        let _ = self.drift.remove_label_values(&[name]);
     }
 
     pub fn dryrun_started(&self, sandbox: &str) {
@@ -223,13 +283,16 @@ impl Metrics {
     /// dashboards are checked against these).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 13] = [
+        let collectors: [&dyn Collector; 16] = [
             &self.info,
             &self.sandbox_state,
             &self.lag_bytes,
             &self.lag_seconds,
             &self.wal_retained_bytes,
             &self.wal_budget_bytes,
+            &self.wal_status,
+            &self.tables,
+            &self.drift,
             &self.server_restarts,
             &self.breaker_trips,
             &self.ddl_applied,
@@ -278,7 +341,7 @@ mod tests {
         m.dryrun_finished("shop", Some(Verdict::Pass), false);
         m.error(ErrorKind::Invalid);
         let names = m.names();
-        assert_eq!(names.len(), 13, "{names:?}");
+        assert_eq!(names.len(), 16, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("understudy_")), "{names:?}");
         let text = m.render();
         let served: Vec<&str> = text

@@ -1,6 +1,6 @@
 //! A real Prometheus server (Debian's `prometheus`) on a loopback port scrapes a running agent with a sandbox and
 //! a finished dry-run, as job `understudy-agent` with the alert rules of `monitoring/alerts.yaml` loaded; the
-//! sandbox's lag and state and the dry-run's verdict are read back through `/api/v1/query`, and every rule
+//! sandbox's lag, state, tables by sync state and slot's wal_status and the dry-run's verdict are read back through `/api/v1/query`, and every rule
 //! evaluates without error against the real series.
 
 mod common;
@@ -136,6 +136,22 @@ async fn prometheus_scrapes_the_agent_and_reads_back_lag_and_verdict() {
         ))
         .await;
     assert_eq!(ended, 1.0, "the {verdict} dry-run");
+    let tables = prometheus
+        .value("understudy_sandbox_tables{sandbox=\"shop\",state=\"ready\"}")
+        .await;
+    assert_eq!(tables, sample_tables().len() as f64, "every table streams");
+    assert_eq!(
+        prometheus
+            .value("understudy_sandbox_wal_status{sandbox=\"shop\",wal_status=\"reserved\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        prometheus
+            .value("understudy_sandbox_drift_changes{sandbox=\"shop\"}")
+            .await,
+        0.0
+    );
     let retained = prometheus
         .value("understudy_sandbox_wal_retained_bytes{sandbox=\"shop\"} / understudy_sandbox_wal_budget_bytes{sandbox=\"shop\"}")
         .await;
