@@ -74,6 +74,11 @@ pub struct Replication<'a> {
 }
 
 impl AgentClient {
+    /// The agent's token, to key digests of secrets with (never sent anywhere but to the agent).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Result<Self, AgentError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))

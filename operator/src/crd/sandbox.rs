@@ -120,7 +120,8 @@ pub struct SandboxStatus {
     /// Restarts of the sandbox's PostgreSQL server by its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_restarts: Option<u64>,
-    /// The hash of the source Secret the agent runs with (a change rolls the agent out).
+    /// A digest of the source Secret the agent runs with, keyed with the agent's token (a change is handed to
+    /// the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

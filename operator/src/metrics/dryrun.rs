@@ -85,7 +85,8 @@ impl DryRunMetrics {
             )?,
             start_due: gauge(
                 "understudy_dryrun_start_due_timestamp_seconds",
-                "A scheduled start that is due and not made yet (its Sandbox is not ready, its agent is down)",
+                "A start that is due (scheduled, or at once without a schedule) and not made yet: its Sandbox is not \
+                 ready or its agent is down",
             )?,
             runs,
         })
@@ -139,7 +140,7 @@ impl DryRunMetrics {
         set(&self.next_run, seconds(status.next_runs.first()));
     }
 
-    /// A scheduled start of `ns/name` that is due and not made (`None` once it is made, or when none is due).
+    /// A start of `ns/name` (scheduled, or at once without a schedule) that is due and not made (`None` once it is made, or when none is due).
     pub fn start_due(&self, ns: &str, name: &str, due: Option<jiff::Timestamp>) {
         match due {
             Some(t) => self

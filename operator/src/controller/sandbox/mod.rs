@@ -140,7 +140,7 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
             return create(sbx, ctx, &agent, &conninfo).await;
         }
     };
-    let hash = source_hash(&conninfo);
+    let hash = source_hash(agent.token(), &conninfo);
     let mut applied_hash = sbx.status.as_ref().and_then(|s| s.source_hash.clone());
     if applied_hash.is_none() {
         applied_hash = Some(hash.clone());

@@ -9,15 +9,16 @@ use crate::controller::condition;
 use crate::crd::sandbox::TableCounts;
 use crate::crd::{Sandbox, SandboxStatus};
 
-/// A digest of the source's connection string, kept in `status.sourceHash` to notice a changed Secret (SHA-256,
-/// so that it stays the same across operator versions; the first 16 hex digits).
-pub fn source_hash(conninfo: &str) -> String {
+/// A digest of the source's connection string, kept in `status.sourceHash` to notice a changed Secret: SHA-256
+/// keyed with the agent's token (which only the Secret holds), so that the status, readable by anyone who can
+/// read the Sandbox, gives no way to test guesses of the password offline. The first 16 hex digits.
+pub fn source_hash(key: &str, conninfo: &str) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(conninfo.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0u8]);
+    h.update(conninfo.as_bytes());
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn is_ready(status: &SandboxStatus) -> bool {
@@ -230,7 +231,20 @@ mod tests {
 
     #[test]
     fn the_source_hash_changes_with_the_secret() {
-        assert_eq!(source_hash("host=a password=x"), source_hash("host=a password=x"));
-        assert_ne!(source_hash("host=a password=x"), source_hash("host=a password=y"));
+        let key = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            source_hash(key, "host=a password=x"),
+            source_hash(key, "host=a password=x")
+        );
+        assert_ne!(
+            source_hash(key, "host=a password=x"),
+            source_hash(key, "host=a password=y")
+        );
+        // Keyed: without the agent's token, the same connection string gives another digest.
+        assert_ne!(
+            source_hash(key, "host=a password=x"),
+            source_hash("another-agent-token-0000000000000", "host=a password=x")
+        );
+        assert_eq!(source_hash(key, "x").len(), 16);
     }
 }
