@@ -7,7 +7,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libssl-dev pkg-config \
-    && cargo build --release --locked -p understudy-cli --bin understudy
+    && cargo build --release --locked -p understudy-cli --features otlp --bin understudy
 
 FROM debian:bookworm-slim
 ARG UID=999

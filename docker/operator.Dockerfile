@@ -5,7 +5,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libssl-dev pkg-config \
-    && cargo build --release --locked -p understudy-operator --bin understudy-operator
+    && cargo build --release --locked -p understudy-operator --features otlp --bin understudy-operator
 
 FROM debian:bookworm-slim
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends ca-certificates libssl3 \

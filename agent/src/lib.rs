@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod server;
 pub mod source;
 pub mod supervisor;
+pub mod telemetry;
 pub mod units;
 pub mod verify;
 

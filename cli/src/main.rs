@@ -50,19 +50,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = if cli.verbose { "understudy=debug,info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Logs on stderr; traces over OTLP too when so built and configured (the exporter runs on the runtime).
+    let _telemetry = match runtime.block_on(async { understudy::telemetry::init(filter, "understudy") }) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(ErrorKind::Invalid.exit_code());
         }
     };
     match runtime.block_on(run(cli)) {

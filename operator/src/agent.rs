@@ -190,7 +190,12 @@ impl AgentClient {
     }
 
     pub async fn start_run(&self, request: &DryRunRequest) -> Result<RunView, AgentError> {
-        self.json(self.http.post(self.url("/v1/dryruns")).json(request)).await
+        let mut post = self.http.post(self.url("/v1/dryruns")).json(request);
+        // The run joins the reconcile's trace (with the `otlp` feature).
+        if let Some(parent) = understudy::telemetry::traceparent(&tracing::Span::current()) {
+            post = post.header(understudy::telemetry::TRACEPARENT, parent);
+        }
+        self.json(post).await
     }
 
     /// Run `id`; `None` when the agent does not know it.

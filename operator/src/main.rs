@@ -35,18 +35,15 @@ struct Args {
     /// How often a Sandbox's agent is asked for its status
     #[arg(long, default_value = "15s")]
     poll: understudy::units::Duration,
+    /// Export traces over OTLP/HTTP to this endpoint (builds with the `otlp` feature), and have agents do the same
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs on stderr; traces over OTLP too when so built and configured.
+    let _telemetry = understudy::telemetry::init("info,kube=warn", "understudy-operator")?;
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
@@ -58,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             agent_image: args.agent_image,
             namespace: args.namespace,
             poll: args.poll.get().max(Duration::from_secs(1)),
+            otlp_endpoint: args.otlp_endpoint,
         },
     );
     let shutdown = CancellationToken::new();

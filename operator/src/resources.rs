@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::controller::Settings;
 use crate::crd::Sandbox;
 
 /// The agent's API port in its Pod.
@@ -64,8 +65,23 @@ fn meta(sbx: &Sandbox, name: String, owner: &OwnerReference) -> ObjectMeta {
     }
 }
 
+/// The agent's environment: its state directory, and the operator's trace endpoint when it has one (the agent
+/// image is built with the `otlp` feature).
+fn agent_env(settings: &Settings) -> Vec<EnvVar> {
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    let mut env = vec![var("UNDERSTUDY_STATE_DIR", STATE_DIR)];
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        env.push(var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    }
+    env
+}
+
 /// The agent's StatefulSet.
-pub fn stateful_set(sbx: &Sandbox, owner: &OwnerReference, default_image: &str) -> StatefulSet {
+pub fn stateful_set(sbx: &Sandbox, owner: &OwnerReference, settings: &Settings) -> StatefulSet {
     let name = sbx.metadata.name.clone().unwrap_or_default();
     let storage = sbx.spec.storage.clone().unwrap_or_default();
     let probe = |path: &str, period: i32| Probe {
@@ -79,7 +95,7 @@ pub fn stateful_set(sbx: &Sandbox, owner: &OwnerReference, default_image: &str) 
     };
     let container = Container {
         name: "agent".into(),
-        image: Some(sbx.spec.image.clone().unwrap_or_else(|| default_image.to_string())),
+        image: Some(sbx.spec.image.clone().unwrap_or_else(|| settings.agent_image.clone())),
         args: Some(
             [
                 "agent",
@@ -92,11 +108,7 @@ pub fn stateful_set(sbx: &Sandbox, owner: &OwnerReference, default_image: &str) 
             .map(str::to_string)
             .to_vec(),
         ),
-        env: Some(vec![EnvVar {
-            name: "UNDERSTUDY_STATE_DIR".into(),
-            value: Some(STATE_DIR.into()),
-            ..EnvVar::default()
-        }]),
+        env: Some(agent_env(settings)),
         ports: Some(vec![ContainerPort {
             name: Some("api".into()),
             container_port: i32::from(AGENT_PORT),
@@ -273,5 +285,31 @@ pub fn network_policy(sbx: &Sandbox, owner: &OwnerReference, source: &understudy
                 },
             ]),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn agents_export_traces_where_the_operator_does() {
+        let mut settings = Settings {
+            agent_image: "understudy:test".into(),
+            namespace: None,
+            poll: Duration::from_secs(15),
+            otlp_endpoint: None,
+        };
+        let names = |env: Vec<EnvVar>| env.into_iter().map(|v| v.name).collect::<Vec<_>>();
+        assert_eq!(names(agent_env(&settings)), ["UNDERSTUDY_STATE_DIR"]);
+        settings.otlp_endpoint = Some("http://otel-collector.observability:4318".into());
+        let env = agent_env(&settings);
+        let otlp = env.iter().find(|v| v.name == "OTEL_EXPORTER_OTLP_ENDPOINT");
+        assert_eq!(
+            otlp.and_then(|v| v.value.as_deref()),
+            Some("http://otel-collector.observability:4318")
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! over NULL rows fails with the exact count; `CREATE INDEX CONCURRENTLY` passes with no blocked writes; a
 //! scheduled DryRun shows its next runs and runs at its time; the operator killed mid-run and restarted ends in a
 //! consistent status with no fork or slot left, and serves each DryRun's verdict again on `/metrics`; deleting
-//! everything leaves nothing on the source and nothing in the namespace but what the user made.
+//! everything leaves nothing on the source and nothing in the namespace but what the user made. With the `otlp`
+//! feature, a run is one trace in an OTLP receiver: the reconcile that started it, the agent's run, its phases.
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,46 @@ fn dry_run(name: &str, body: &str) -> String {
     )
 }
 
+/// The run's trace id is in the status and its history, and the trace holds the operator's reconcile that
+/// started the run, the agent's run as its child, and the run's phases (with the `otlp` feature).
+#[cfg(feature = "otlp")]
+async fn assert_one_trace(
+    cluster: &LocalCluster,
+    receiver: &fixtures::otlp::Receiver,
+    st: &operator::crd::DryRunStatus,
+) {
+    let trace = st.trace_id.clone().expect("status.traceId");
+    assert_eq!(st.history.first().and_then(|h| h.trace_id.as_ref()), Some(&trace));
+    let spans = wait_for(
+        cluster,
+        "the run's trace to be exported",
+        Duration::from_secs(60),
+        async || {
+            let spans: Vec<_> = receiver.spans().into_iter().filter(|s| s.trace_id == trace).collect();
+            let has = |service: &str, name: &str| spans.iter().any(|s| s.service == service && s.name == name);
+            (has("understudy-operator", "reconcile") && has("understudy", "rollback")).then_some(spans)
+        },
+    )
+    .await;
+    let reconcile = spans.iter().find(|s| s.name == "reconcile").expect("reconcile");
+    assert_eq!(reconcile.parent_span_id, "", "the reconcile starts the trace");
+    let run = spans.iter().find(|s| s.name == "agent_run").expect("the agent's run");
+    assert_eq!(
+        run.parent_span_id, reconcile.span_id,
+        "the agent's run is the reconcile's child"
+    );
+    let dryrun = spans.iter().find(|s| s.name == "dryrun").expect("dryrun");
+    assert_eq!(dryrun.parent_span_id, run.span_id);
+    for phase in ["fork", "replay", "migrate", "verify", "rollback"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == phase && s.parent_span_id == dryrun.span_id),
+            "{phase} in the run's trace: {spans:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_and_dry_runs_through_kubectl() {
     let root = TempRoot::new("e2e");
@@ -114,6 +155,9 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         .port();
     let mut options = Options::new(root.path().join("k8s")).operator_bin(env!("CARGO_BIN_EXE_understudy-operator"));
     options.operator_args = vec!["--listen".into(), format!("127.0.0.1:{metrics_port}")];
+    // Traces: the operator exports its reconciles, and passes the endpoint to the agents it creates.
+    let receiver = fixtures::otlp::Receiver::start().await.expect("an OTLP receiver");
+    options.operator_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint.clone())];
     let mut cluster = LocalCluster::start(options).await.expect("local cluster");
     let ns = cluster.namespace().to_string();
     let client = cluster.client();
@@ -227,6 +271,9 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         Some("proven".into()),
         "{st:?}"
     );
+
+    #[cfg(feature = "otlp")]
+    assert_one_trace(&cluster, &receiver, &st).await;
 
     // The operator's /metrics: each DryRun's latest verdict and figures, in Prometheus' format.
     let verdicts = [

@@ -26,6 +26,7 @@ fn promtool_accepts_the_operators_metrics() {
             phase: DryRunPhase::Succeeded,
             verdict: Some("pass".into()),
             summary: None,
+            trace_id: None,
         }],
         next_runs: vec!["2026-12-03T02:00:00Z".into()],
         ..DryRunStatus::default()

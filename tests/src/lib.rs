@@ -6,6 +6,8 @@ pub mod demo;
 pub mod harness;
 pub mod kube;
 pub mod migrations;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod source;
 pub mod writer;
 

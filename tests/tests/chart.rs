@@ -62,6 +62,10 @@ fn options() -> BTreeMap<&'static str, Value> {
         ),
         ("xfs-storage-class", json!({"xfsStorageClass": {"create": true}})),
         (
+            "tracing",
+            json!({"tracing": {"otlpEndpoint": "http://otel-collector.observability:4318"}}),
+        ),
+        (
             "existing-service-account",
             json!({"serviceAccount": {"create": false, "name": "ops"}, "rbac": {"create": false}}),
         ),
@@ -142,6 +146,18 @@ fn the_chart_lints_renders_and_validates_for_every_option() {
             .contains("--listen=0.0.0.0:9090"),
         "{pod}"
     );
+    let traced = kind(&answer["sets"]["tracing"]["docs"], "Deployment")[0];
+    let env = traced["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env");
+    assert!(
+        env.contains(
+            &json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.observability:4318"})
+        ),
+        "{env:?}"
+    );
+    let untraced = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(!untraced.contains("OTEL_"), "no endpoint, no export: {untraced}");
     let existing = kind(&answer["sets"]["existing-service-account"]["docs"], "Deployment")[0];
     assert_eq!(existing["spec"]["template"]["spec"]["serviceAccountName"], "ops");
 }
@@ -158,6 +174,10 @@ fn values_schema_rejects_wrong_values() {
             json!({"xfsStorageClass": {"reclaimPolicy": "Recycle"}}),
         ),
         ("no-service-account-name", json!({"serviceAccount": {"create": false}})),
+        (
+            "endpoint-without-scheme",
+            json!({"tracing": {"otlpEndpoint": "otel-collector:4318"}}),
+        ),
     ]);
     let answer = helm(&tmp.0, &wrong, &[]);
     for (name, expected) in [
@@ -169,6 +189,7 @@ fn values_schema_rejects_wrong_values() {
             "no-service-account-name",
             "serviceAccount.name must name an existing ServiceAccount",
         ),
+        ("endpoint-without-scheme", "/tracing/otlpEndpoint"),
     ] {
         let error = answer["sets"][name]["error"].as_str().unwrap_or_default();
         assert!(error.contains(expected), "{name}: {error:?} should name {expected}");

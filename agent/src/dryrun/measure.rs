@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tracing::Instrument as _;
 
 use super::blocked::{self, Timeline};
 use super::gate::SandboxLag;
@@ -147,6 +148,7 @@ impl Run<'_> {
             understudy_version: env!("CARGO_PKG_VERSION").into(),
             sandbox: self.opts.sandbox.to_string(),
             started_at,
+            trace_id: None,
             fork: self.fork_summary(),
             windows: Windows {
                 warmup_ms: (t.migration_started - t.warmup_started).as_secs_f64() * 1000.0,
@@ -218,18 +220,38 @@ impl Run<'_> {
 
         self.progress.phase(RunPhase::Replaying);
         let warmup_started = Instant::now();
-        let preflight = self.warmup(control_conninfo.unwrap_or(fork_conninfo).to_string()).await;
-        let watchers = Watchers::start(fork_conninfo, &self.inputs.plan, &self.opts.long_readers).await?;
+        let (preflight, watchers) = async {
+            let preflight = self.warmup(control_conninfo.unwrap_or(fork_conninfo).to_string()).await;
+            let watchers = Watchers::start(fork_conninfo, &self.inputs.plan, &self.opts.long_readers).await?;
+            Ok::<_, DryRunError>((preflight, watchers))
+        }
+        .instrument(tracing::info_span!(
+            "replay",
+            window = "warm-up",
+            workers = self.opts.workers
+        ))
+        .await?;
 
         self.progress.phase(RunPhase::Migrating);
-        let (outcome, pid, migration_started, migration_ended) = self.migrate(fork_conninfo).await?;
-        let after_sleep = self
-            .opts
-            .after
-            .min(self.deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(after_sleep).await;
-        let after_ended = Instant::now();
-        let reads = watchers.stop().await;
+        let migrate_span = tracing::info_span!(
+            "migrate",
+            statements = self.inputs.plan.statements.len(),
+            ok = tracing::field::Empty
+        );
+        let (outcome, pid, migration_started, migration_ended, after_ended, reads) = async {
+            let (outcome, pid, started, ended) = self.migrate(fork_conninfo).await?;
+            let after_sleep = self
+                .opts
+                .after
+                .min(self.deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(after_sleep).await;
+            let after_ended = Instant::now();
+            Ok::<_, DryRunError>((outcome, pid, started, ended, after_ended, watchers.stop().await))
+        }
+        .instrument(migrate_span.clone())
+        .await?;
+        migrate_span.record("ok", outcome.ok);
+        drop(migrate_span);
 
         let worker_pids = replay.worker_pids.clone();
         let upto = hold_twins(&mut replay, control_replay.as_mut(), sandbox_conninfo).await?;
@@ -331,6 +353,7 @@ impl Run<'_> {
             since,
             &mut cache,
         )
+        .instrument(tracing::info_span!("verify", upto = %upto))
         .await?;
         let mut rollback = twins::Rollback::default();
         if let Some((down_file, down_plan)) = &self.inputs.down
@@ -347,6 +370,7 @@ impl Run<'_> {
                 since,
                 &mut cache,
             )
+            .instrument(tracing::info_span!("rollback", file = %down_file))
             .await?;
         }
         Ok((Some(verification), rollback))

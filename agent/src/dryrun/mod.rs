@@ -22,6 +22,7 @@ pub mod request;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use progress::{Progress, RunPhase};
 pub use request::{DryRunRequest, RequestError, ScheduleSpec, SimulatedReader, SqlText};
@@ -146,10 +147,27 @@ pub async fn execute(
             }
         }
     }
+    // One trace per run, from the fork to the report (a span per phase below it).
+    let span = tracing::info_span!(
+        "dryrun",
+        sandbox = %opts.sandbox,
+        migration = %opts.up.name,
+        fork = %opts.fork_name,
+        verdict = tracing::field::Empty,
+    );
+    let trace = crate::telemetry::trace_id(&span);
+    if let Some(t) = &trace {
+        progress.traced(t);
+    }
     let result = tokio::select! {
-        result = run(state, opts, &inputs, progress) => result,
+        result = run(state, opts, &inputs, progress).instrument(span.clone()) => result,
         _ = cancel.cancelled() => Err(DryRunError::Cancelled),
     };
+    let result = result.map(|mut report| {
+        report.trace_id = trace;
+        span.record("verdict", report.verdict.result.as_str());
+        report
+    });
     if matches!(result, Err(DryRunError::Cancelled)) {
         progress.say("cancelled; removing the forks and their capture slots");
         remove_forks(state, opts, progress).await;
@@ -175,13 +193,17 @@ async fn run(
         owner_pid: (!opts.keep_fork).then(std::process::id),
     };
     let say = |line: &str| progress.say(line);
-    let (fork_meta, control) = if opts.verify {
-        let names = (opts.fork_name.clone(), control_name(&opts.fork_name));
-        let (a, b) = fork::create_twins(state, &fork_opts, names, &say).await?;
-        (a, Some(b))
-    } else {
-        (fork::create(state, &fork_opts, &say).await?, None)
-    };
+    let (fork_meta, control) = async {
+        if opts.verify {
+            let names = (opts.fork_name.clone(), control_name(&opts.fork_name));
+            let (a, b) = fork::create_twins(state, &fork_opts, names, &say).await?;
+            Ok::<_, DryRunError>((a, Some(b)))
+        } else {
+            Ok((fork::create(state, &fork_opts, &say).await?, None))
+        }
+    }
+    .instrument(tracing::info_span!("fork", twins = opts.verify))
+    .await?;
     let measured = measure::Run {
         state,
         opts,

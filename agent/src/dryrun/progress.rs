@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::TraceId;
+
 /// Where a dry-run is. The order is the order of a run; `Succeeded`, `Failed` and `Cancelled` end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -40,6 +42,8 @@ impl RunPhase {
 pub trait Progress: Send + Sync {
     fn phase(&self, phase: RunPhase);
     fn say(&self, line: &str);
+    /// The run's trace, once it starts (only in a build that traces: see [`crate::telemetry`]).
+    fn traced(&self, _trace: &TraceId) {}
 }
 
 /// Progress printed to standard error (the command line).

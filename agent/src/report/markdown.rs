@@ -92,6 +92,9 @@ impl DryRunReport {
                 ));
             }
         }
+        if let Some(t) = &self.trace_id {
+            o.push_str(&format!("\nTrace `{t}`.\n"));
+        }
         o
     }
 }

@@ -166,6 +166,10 @@ pub struct DryRunReport {
     pub understudy_version: String,
     pub sandbox: String,
     pub started_at: String,
+    /// The run's OpenTelemetry trace (a build with tracing, exporting): find the run in the tracing backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub trace_id: Option<crate::telemetry::TraceId>,
     pub fork: ForkSummary,
     pub windows: Windows,
     pub migration: MigrationReport,

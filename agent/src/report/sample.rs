@@ -327,6 +327,7 @@ pub(crate) fn report(
         understudy_version: "0.0.0-test".into(),
         sandbox: "shop".into(),
         started_at: "2025-01-15T10:00:00Z".into(),
+        trace_id: None,
         fork: fork(),
         windows: Windows {
             warmup_ms: 5000.0,
@@ -364,6 +365,7 @@ pub(crate) fn report(
 /// pre-flight count, lint and rollback warnings, reads blocked.
 pub(crate) fn failing_report() -> DryRunReport {
     let mut r = report(failing_statements(), 1, failing_writes(), failing_findings());
+    r.trace_id = crate::telemetry::TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736");
     let base = Instant::now();
     let mut writer = episode(5101, at(base, 3), at(base, 4183));
     writer.waited_ms = 4180.2;

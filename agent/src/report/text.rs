@@ -126,6 +126,9 @@ impl DryRunReport {
                 ms(r.max_ms)
             ));
         }
+        if let Some(t) = &self.trace_id {
+            o.push_str(&format!("trace {t}\n"));
+        }
         o
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use view::{KeyFigures, RunEvent, RunFailure, RunView, TopFinding};
 
@@ -116,6 +117,10 @@ impl Progress for Run {
         let phase = self.view.read().map(|v| v.phase).unwrap_or(RunPhase::Pending);
         self.event(phase, Some(line.to_string()));
     }
+
+    fn traced(&self, trace: &crate::telemetry::TraceId) {
+        self.update(|v| v.trace_id = Some(trace.clone()));
+    }
 }
 
 /// Every run of the agent.
@@ -200,8 +205,9 @@ impl Runs {
         })
     }
 
-    /// Accepts a run: validated now (a bad field is refused here), run in the background.
-    pub fn start(self: &Arc<Self>, request: DryRunRequest) -> Result<RunView, RunError> {
+    /// Accepts a run: validated now (a bad field is refused here), run in the background; `parent` is the
+    /// caller's `traceparent`, whose trace the run joins.
+    pub fn start(self: &Arc<Self>, request: DryRunRequest, parent: Option<String>) -> Result<RunView, RunError> {
         if self.closed.is_cancelled() {
             return Err(RunError::ShuttingDown);
         }
@@ -232,20 +238,27 @@ impl Runs {
         self.metrics.dryrun_started(opts.sandbox.as_str());
         let runs = Arc::clone(self);
         let task_run = Arc::clone(&run);
-        let task = tokio::spawn(async move {
-            let outcome = {
-                let _slot = tokio::select! {
-                    permit = Arc::clone(&runs.slots).acquire_owned() => permit.ok(),
-                    _ = task_run.cancel.cancelled() => None,
+        let span = tracing::info_span!("agent_run", run = %id, sandbox = %opts.sandbox);
+        if let Some(parent) = &parent {
+            crate::telemetry::set_remote_parent(&span, parent);
+        }
+        let task = tokio::spawn(
+            async move {
+                let outcome = {
+                    let _slot = tokio::select! {
+                        permit = Arc::clone(&runs.slots).acquire_owned() => permit.ok(),
+                        _ = task_run.cancel.cancelled() => None,
+                    };
+                    if task_run.cancel.is_cancelled() {
+                        Err(DryRunError::Cancelled)
+                    } else {
+                        dryrun::execute(&runs.state, &opts, &schedule, task_run.as_ref(), &task_run.cancel).await
+                    }
                 };
-                if task_run.cancel.is_cancelled() {
-                    Err(DryRunError::Cancelled)
-                } else {
-                    dryrun::execute(&runs.state, &opts, &schedule, task_run.as_ref(), &task_run.cancel).await
-                }
-            };
-            runs.finish(&task_run, opts.sandbox.as_str(), outcome);
-        });
+                runs.finish(&task_run, opts.sandbox.as_str(), outcome);
+            }
+            .instrument(span),
+        );
         if let Ok(mut t) = run.task.lock() {
             *t = Some(task);
         }

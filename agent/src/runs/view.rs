@@ -71,6 +71,10 @@ pub struct RunView {
     pub findings: Vec<TopFinding>,
     /// Why the run ended without a report.
     pub error: Option<RunFailure>,
+    /// The run's OpenTelemetry trace, once it started (an agent built with the `otlp` feature, exporting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub trace_id: Option<crate::telemetry::TraceId>,
     /// Phase changes and progress lines, oldest first (only in `GET /v1/dryruns/{id}`).
     #[serde(default)]
     pub events: Vec<RunEvent>,
@@ -98,6 +102,7 @@ impl RunView {
             figures: None,
             findings: Vec::new(),
             error: None,
+            trace_id: None,
             events: Vec::new(),
         }
     }

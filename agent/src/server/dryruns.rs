@@ -30,9 +30,15 @@ use crate::runs::{ReportFormat, RunEvent, RunView};
     security(("bearer" = [])))]
 pub async fn start(
     State(app): State<App>,
+    headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<DryRunRequest>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    let view = app.runs.start(request)?;
+    // A caller's W3C trace context (the operator's reconcile) becomes the run's parent span.
+    let parent = headers
+        .get(crate::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let view = app.runs.start(request, parent)?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 

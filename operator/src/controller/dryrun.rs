@@ -25,6 +25,8 @@ use crate::{Error, Result};
 
 const CONTROLLER: &str = "dryrun";
 
+/// One span per reconcile (exported with the `otlp` feature); a run it starts on the agent is its child.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = dr.namespace().unwrap_or_default(), name = %dr.name_any()))]
 pub async fn reconcile(dr: Arc<DryRun>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = dr.namespace().unwrap_or_else(|| "default".into());
@@ -197,6 +199,7 @@ async fn apply(dr: &DryRun, ctx: &Context) -> Result<Action> {
     status.run = Some(view.id.clone());
     status.phase = Some(phase_of(view.phase));
     status.summary = None;
+    status.trace_id = None;
     status.last_schedule_time = Some(slot.to_string());
     write(dr, ctx, status).await?;
     Ok(Action::requeue(Duration::from_secs(2)))
@@ -233,6 +236,7 @@ async fn follow(dr: &DryRun, ctx: &Context, run: &str) -> Result<Action> {
             .await;
         }
         status.phase = Some(phase);
+        status.trace_id = view.trace_id.as_ref().map(ToString::to_string);
         write(dr, ctx, status).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
@@ -273,6 +277,7 @@ async fn finish(
     status.run = None;
     status.verdict = view.and_then(|v| v.verdict).map(|v| v.as_str().to_string());
     status.summary = view.and_then(|v| v.summary.clone()).or(error);
+    status.trace_id = view.and_then(|v| v.trace_id.as_ref()).map(ToString::to_string);
     status.figures = view.and_then(|v| v.figures.as_ref()).map(|f| KeyFigures {
         duration_ms: f.duration_ms,
         blocked_writes: f.blocked_writes as u64,
@@ -309,6 +314,7 @@ async fn finish(
             phase,
             verdict: status.verdict.clone(),
             summary: status.summary.clone(),
+            trace_id: status.trace_id.clone(),
         },
     );
     status.history.truncate(limit.max(1));

@@ -23,6 +23,7 @@ impl Context {
             agent_image: "understudy:test".into(),
             namespace: Some("ns".into()),
             poll: Duration::from_secs(15),
+            otlp_endpoint: None,
         };
         (Context::new(client, metrics, settings), handle)
     }

@@ -42,6 +42,9 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// How often a Sandbox's agent is asked for its status.
     pub poll: Duration,
+    /// Where agents export their traces (OTLP/HTTP), as the operator's own: agents' runs join the reconciles'
+    /// traces in the same backend.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// What every reconcile gets.

@@ -197,6 +197,9 @@ pub struct RunResult {
     pub verdict: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// The run's OpenTelemetry trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What the DryRun did.
@@ -222,6 +225,10 @@ pub struct DryRunStatus {
     /// The agent's id of the run in progress (the latest ended one is `history[0].run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The OpenTelemetry trace of the run in progress or the latest one: find it in the tracing backend (an
+    /// operator and agent built with the `otlp` feature, exporting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The next starts of a scheduled DryRun (RFC 3339).
     #[serde(default)]
     pub next_runs: Vec<String>,

@@ -209,6 +209,7 @@ mod tests {
                 phase: DryRunPhase::Succeeded,
                 verdict: Some("fail".into()),
                 summary: None,
+                trace_id: None,
             }],
             ..DryRunStatus::default()
         }

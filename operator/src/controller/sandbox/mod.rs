@@ -29,6 +29,8 @@ pub use status::{is_ready, source_hash, status_from};
 
 const CONTROLLER: &str = "sandbox";
 
+/// One span per reconcile (exported with the `otlp` feature); a run it starts on the agent is its child.
+#[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = sbx.namespace().unwrap_or_default(), name = %sbx.name_any()))]
 pub async fn reconcile(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = sbx.namespace().unwrap_or_else(|| "default".into());
@@ -254,7 +256,7 @@ async fn ensure_objects(sbx: &Sandbox, ctx: &Context, source: &ConnInfo) -> Resu
     }
     let pp = PatchParams::apply(MANAGER).force();
     let apply = |obj: serde_json::Value| Patch::Apply(obj);
-    let sts = resources::stateful_set(sbx, &owner, &ctx.settings.agent_image);
+    let sts = resources::stateful_set(sbx, &owner, &ctx.settings);
     Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
         .patch(
             &resources::agent_name(&name),
