@@ -281,6 +281,9 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         format!(r#"understudy_dryrun_verdict{{dryrun="index",namespace="{ns}",verdict="pass"}} 1"#),
         format!(r#"understudy_dryrun_blocked_writes{{dryrun="index",namespace="{ns}"}} 0"#),
         format!(r#"understudy_dryrun_rollback{{dryrun="index",namespace="{ns}",rollback="proven"}} 1"#),
+        format!(r#"understudy_dryrun_replay_transactions_per_second{{dryrun="index",namespace="{ns}"}} "#),
+        // The latest run's ids, for the dashboard's links to the DryRun, its report and its trace.
+        format!(r#"understudy_dryrun_info{{dryrun="index",namespace="{ns}",report="index-report",run=""#),
     ];
     let text = operator_metrics(metrics_port, &verdicts).await;
     promtool_check_metrics(&text);

@@ -1,7 +1,7 @@
 //! The operator's `/metrics` output passes `promtool check metrics` (Prometheus' naming and format lint), with
 //! series of every metric present.
 
-use operator::crd::dryrun::{KeyFigures, RunResult};
+use operator::crd::dryrun::{KeyFigures, LockModeFigures, RunResult};
 use operator::crd::{DryRunPhase, DryRunStatus};
 
 #[test]
@@ -16,9 +16,20 @@ fn promtool_accepts_the_operators_metrics() {
             duration_ms: 820.0,
             blocked_writes: 0,
             longest_lock_wait_ms: 12.0,
-            failed_writes: 0,
+            failed_writes: 1,
+            failed_writes_by_class: [("23".to_string(), 1)].into(),
+            locks: vec![LockModeFigures {
+                mode: "ShareLock".into(),
+                held_ms: 800.0,
+                migration_waited_ms: 0.0,
+                writes_waited_ms: 12.0,
+            }],
+            replay_per_second: 95.0,
+            replay_lag_p99_ms: 40.0,
+            blocked_write_ms: 12.0,
             rollback: "proven".into(),
         }),
+        report_ref: Some("index-report".into()),
         history: vec![RunResult {
             run: "r1".into(),
             started_at: Some("2026-12-02T02:00:00Z".into()),

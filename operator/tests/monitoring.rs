@@ -103,6 +103,13 @@ fn every_panel_parses_and_names_served_metrics() {
         "understudy_dryrun_blocked_writes",
         "understudy_dryrun_longest_lock_wait_seconds",
         "understudy_dryrun_failed_writes",
+        "understudy_dryrun_failed_writes_by_class",
+        "understudy_dryrun_blocked_write_seconds",
+        "understudy_dryrun_lock_held_seconds",
+        "understudy_dryrun_lock_wait_seconds",
+        "understudy_dryrun_replay_transactions_per_second",
+        "understudy_dryrun_replay_lag_p99_seconds",
+        "understudy_dryrun_info",
     ] {
         assert!(named.contains(wanted), "no panel shows {wanted}");
     }
@@ -118,4 +125,57 @@ fn histogram_suffixes_and_grafana_variables_are_handled() {
         substituted("increase(x{sandbox=~\"$sandbox\"}[$__rate_interval])"),
         "increase(x{sandbox=~\".*\"}[5m])"
     );
+}
+
+/// The labels a panel's expressions keep (`by (...)`).
+fn kept_labels(exprs: &[&str]) -> BTreeSet<String> {
+    exprs
+        .iter()
+        .flat_map(|e| e.split("by (").skip(1))
+        .filter_map(|rest| rest.split(')').next())
+        .flat_map(|labels| labels.split(',').map(|l| l.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_run_links_to_its_dry_run_its_report_and_its_trace() {
+    let dashboard = dashboard();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut linked = BTreeSet::new();
+    for panel in panels {
+        let text = panel.to_string();
+        let fields: BTreeSet<String> = text
+            .split("${__data.fields.")
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .map(str::to_string)
+            .collect();
+        let exprs: Vec<&str> = panel["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        let kept = kept_labels(&exprs);
+        let missing: Vec<&String> = fields.difference(&kept).collect();
+        assert!(
+            missing.is_empty(),
+            "{}: links use fields its query drops: {missing:?}",
+            panel["title"]
+        );
+        for (what, needle) in [
+            ("dryrun", "customresourcedefinition/dryruns.understudy.dev/"),
+            ("report", "#/configmap/"),
+            ("trace", "${trace_ui}"),
+        ] {
+            if text.contains(needle) {
+                linked.insert(what);
+            }
+        }
+    }
+    assert_eq!(linked, BTreeSet::from(["dryrun", "report", "trace"]));
+    let variables = dashboard["templating"]["list"].to_string();
+    for v in ["\"kube_ui\"", "\"trace_ui\""] {
+        assert!(variables.contains(v), "the dashboard variable {v}");
+    }
 }

@@ -3,6 +3,7 @@
 //! (`<state>/runs/<id>/`: `run.json`, `report.json`, `report.md`, `report.txt`) so that it survives a restart of
 //! the agent; a run the agent was running when it stopped is marked failed when it starts again.
 
+mod figures;
 mod store;
 mod view;
 
@@ -16,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-pub use view::{KeyFigures, RunEvent, RunFailure, RunView, TopFinding};
+pub use figures::{KeyFigures, ModeFigures};
+pub use view::{RunEvent, RunFailure, RunView, TopFinding};
 
 use crate::dryrun::{self, DryRunError, DryRunRequest, Progress, RunPhase};
 use crate::error::{Classify, ErrorKind};

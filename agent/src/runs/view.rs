@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::figures::{KeyFigures, figures};
 use crate::dryrun::{DryRunError, DryRunOptions, RunPhase};
 use crate::error::{Classify, ErrorKind};
 use crate::report::{DryRunReport, FindingCode, Severity, Verdict};
@@ -13,23 +14,6 @@ pub struct RunEvent {
     pub at: jiff::Timestamp,
     pub phase: RunPhase,
     pub message: Option<String>,
-}
-
-/// The numbers that matter, from the report.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct KeyFigures {
-    /// How long the migration ran.
-    pub duration_ms: f64,
-    /// Replayed writes that waited behind the migration.
-    pub blocked_writes: usize,
-    /// The longest a replayed write waited behind it.
-    pub longest_lock_wait_ms: f64,
-    /// Replayed writes that failed on the new schema.
-    pub failed_writes: usize,
-    /// `proven`, `lossy`, `failed`, `schema-differs`, `untested` or `not-run`.
-    pub rollback: String,
-    /// The sandbox's lag behind its source when it was forked.
-    pub sandbox_lag_seconds: Option<f64>,
 }
 
 /// A finding in a run's summary.
@@ -133,30 +117,5 @@ impl RunView {
             kind: e.kind(),
             message: e.to_string(),
         });
-    }
-}
-
-fn figures(r: &DryRunReport) -> KeyFigures {
-    let has = |code: FindingCode| r.findings.iter().any(|f| f.code == code);
-    let rollback = if has(FindingCode::RollbackProven) {
-        "proven"
-    } else if has(FindingCode::RollbackLossy) {
-        "lossy"
-    } else if has(FindingCode::RollbackFailed) {
-        "failed"
-    } else if has(FindingCode::RollbackSchema) {
-        "schema-differs"
-    } else if has(FindingCode::RollbackUntested) {
-        "untested"
-    } else {
-        "not-run"
-    };
-    KeyFigures {
-        duration_ms: r.migration.duration_ms,
-        blocked_writes: r.writes.blocked,
-        longest_lock_wait_ms: r.writes.blocked_max_ms,
-        failed_writes: r.writes.failed,
-        rollback: rollback.into(),
-        sandbox_lag_seconds: r.fork.sandbox_lag_seconds,
     }
 }

@@ -278,13 +278,7 @@ async fn finish(
     status.verdict = view.and_then(|v| v.verdict).map(|v| v.as_str().to_string());
     status.summary = view.and_then(|v| v.summary.clone()).or(error);
     status.trace_id = view.and_then(|v| v.trace_id.as_ref()).map(ToString::to_string);
-    status.figures = view.and_then(|v| v.figures.as_ref()).map(|f| KeyFigures {
-        duration_ms: f.duration_ms,
-        blocked_writes: f.blocked_writes as u64,
-        longest_lock_wait_ms: f.longest_lock_wait_ms,
-        failed_writes: f.failed_writes as u64,
-        rollback: f.rollback.clone(),
-    });
+    status.figures = view.and_then(|v| v.figures.as_ref()).map(KeyFigures::from);
     status.findings = view
         .map(|v| {
             v.findings

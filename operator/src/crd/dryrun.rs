@@ -1,6 +1,8 @@
 //! The `DryRun` resource: a migration rehearsed on a fork of a Sandbox under production's replayed writes, now or
 //! on a schedule, with its verdict, key figures and findings in its status and its reports in a ConfigMap.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
@@ -166,10 +168,68 @@ pub enum DryRunPhase {
 pub struct KeyFigures {
     pub duration_ms: f64,
     pub blocked_writes: u64,
+    /// The time the blocked writes spent waiting, in all.
+    #[serde(default)]
+    pub blocked_write_ms: f64,
     pub longest_lock_wait_ms: f64,
     pub failed_writes: u64,
+    /// Failed writes by SQLSTATE class (`23`: integrity constraint violation, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_writes_by_class: BTreeMap<String, u64>,
+    /// The longest hold and waits per lock mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<LockModeFigures>,
+    /// Replayed transactions per second.
+    #[serde(default)]
+    pub replay_per_second: f64,
+    /// The 99th percentile of how far behind production's commit replayed writes finished.
+    #[serde(default)]
+    pub replay_lag_p99_ms: f64,
     /// `proven`, `lossy`, `failed`, `schema-differs`, `untested` or `not-run`.
     pub rollback: String,
+}
+
+impl From<&understudy::runs::KeyFigures> for KeyFigures {
+    fn from(f: &understudy::runs::KeyFigures) -> Self {
+        KeyFigures {
+            duration_ms: f.duration_ms,
+            blocked_writes: f.blocked_writes as u64,
+            blocked_write_ms: f.blocked_write_ms,
+            longest_lock_wait_ms: f.longest_lock_wait_ms,
+            failed_writes: f.failed_writes as u64,
+            failed_writes_by_class: f
+                .failed_writes_by_class
+                .iter()
+                .map(|(class, n)| (class.clone(), *n as u64))
+                .collect(),
+            locks: f
+                .locks
+                .iter()
+                .map(|m| LockModeFigures {
+                    mode: m.mode.clone(),
+                    held_ms: m.held_ms,
+                    migration_waited_ms: m.migration_waited_ms,
+                    writes_waited_ms: m.writes_waited_ms,
+                })
+                .collect(),
+            replay_per_second: f.replay_per_second,
+            replay_lag_p99_ms: f.replay_lag_p99_ms,
+            rollback: f.rollback.clone(),
+        }
+    }
+}
+
+/// One lock mode's longest times (`pg_locks.mode`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LockModeFigures {
+    pub mode: String,
+    /// The longest the migration held a lock of this mode.
+    pub held_ms: f64,
+    /// The longest the migration waited for one.
+    pub migration_waited_ms: f64,
+    /// The longest a write behind the migration waited for one.
+    pub writes_waited_ms: f64,
 }
 
 /// A finding, short.

@@ -2,6 +2,7 @@
 //! long reconciles take, and each DryRun's latest results ([`dryrun`]).
 
 mod dryrun;
+mod family;
 
 pub use dryrun::DryRunMetrics;
 
