@@ -23,6 +23,7 @@ pub struct Metrics {
     drift: IntGaugeVec,
     server_restarts: IntCounterVec,
     breaker_trips: IntCounterVec,
+    drift_found: IntCounterVec,
     ddl_applied: IntCounterVec,
     last_current: GaugeVec,
     dryruns: IntCounterVec,
@@ -145,6 +146,12 @@ impl Metrics {
                 "Times the WAL budget breaker dropped the sandbox's slot on the source to protect its disk",
                 &["sandbox"],
             )?,
+            drift_found: counter(
+                "understudy_sandbox_drift_events_total",
+                "Source schema changes the follower found and will not apply (drift: the sandbox turns degraded), \
+                 each counted once when it appears",
+                &["sandbox"],
+            )?,
             ddl_applied: counter(
                 "understudy_sandbox_ddl_applied_total",
                 "Source schema changes the follower applied to the sandbox",
@@ -211,7 +218,7 @@ impl Metrics {
             .with_label_values(&[name])
             .set(i64::try_from(st.drift.len()).unwrap_or(i64::MAX));
         // Counters start at 0 for every sandbox, so that `increase()` sees their first trip or restart.
-        for c in [&self.server_restarts, &self.breaker_trips] {
+        for c in [&self.server_restarts, &self.breaker_trips, &self.drift_found] {
             let _ = c.with_label_values(&[name]);
         }
     }
@@ -228,6 +235,10 @@ impl Metrics {
 
     pub fn breaker_tripped(&self, name: &str) {
         self.breaker_trips.with_label_values(&[name]).inc();
+    }
+
+    pub fn drift_found(&self, name: &str, n: usize) {
+        self.drift_found.with_label_values(&[name]).inc_by(n as u64);
     }
 
     pub fn ddl_applied(&self, name: &str, n: usize) {
@@ -248,7 +259,12 @@ impl Metrics {
         ] {
             let _ = g.remove_label_values(&[name]);
         }
-        for c in [&self.server_restarts, &self.breaker_trips, &self.ddl_applied] {
+        for c in [
+            &self.server_restarts,
+            &self.breaker_trips,
+            &self.drift_found,
+            &self.ddl_applied,
+        ] {
             let _ = c.remove_label_values(&[name]);
         }
         for w in WAL_STATUSES {
@@ -283,7 +299,7 @@ impl Metrics {
     /// dashboards are checked against these).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 16] = [
+        let collectors: [&dyn Collector; 17] = [
             &self.info,
             &self.sandbox_state,
             &self.lag_bytes,
@@ -295,6 +311,7 @@ impl Metrics {
             &self.drift,
             &self.server_restarts,
             &self.breaker_trips,
+            &self.drift_found,
             &self.ddl_applied,
             &self.last_current,
             &self.dryruns,
@@ -337,11 +354,12 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.server_restarted("shop");
         m.breaker_tripped("shop");
+        m.drift_found("shop", 2);
         m.dryrun_started("shop");
         m.dryrun_finished("shop", Some(Verdict::Pass), false);
         m.error(ErrorKind::Invalid);
         let names = m.names();
-        assert_eq!(names.len(), 16, "{names:?}");
+        assert_eq!(names.len(), 17, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("understudy_")), "{names:?}");
         let text = m.render();
         let served: Vec<&str> = text
@@ -349,9 +367,13 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(served.len(), 6, "{served:?}");
+        assert_eq!(served.len(), 7, "{served:?}");
         assert!(
             text.contains("understudy_sandbox_breaker_trips_total{sandbox=\"shop\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("understudy_sandbox_drift_events_total{sandbox=\"shop\"} 2"),
             "{text}"
         );
         for name in served {

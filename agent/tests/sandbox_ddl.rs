@@ -125,6 +125,13 @@ async fn a_dropped_column_is_drift_not_a_silent_change() {
     let report = follow::follow_once(&opts.state_dir, &opts.name).await.expect("follow");
     assert!(report.applied.is_empty(), "{:?}", report.applied);
     assert_eq!(report.pending.len(), 1, "{:?}", report.pending);
+    assert_eq!(report.new_drift, 1, "a drift event when the change appears");
+    let again = follow::follow_once(&opts.state_dir, &opts.name).await.expect("follow");
+    assert_eq!(
+        (again.pending.len(), again.new_drift),
+        (1, 0),
+        "and not again while it stays"
+    );
     assert!(
         report.pending[0].contains("ALTER TABLE \"public\".\"orders\" DROP COLUMN \"note\""),
         "{:?}",

@@ -311,6 +311,8 @@ pub async fn diff(source: &Client, sandbox: &Client, publication: &str) -> Resul
 pub struct FollowReport {
     pub applied: Vec<String>,
     pub pending: Vec<String>,
+    /// Drift this pass found that the pass before had not (each change is counted once, when it appears).
+    pub new_drift: usize,
     pub sequences_synced: usize,
     pub breaker_tripped: bool,
     pub error: Option<String>,
@@ -441,6 +443,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
             "see `understudy sandbox status`; the agent applies additive DDL (`understudy agent start` when none runs)",
         );
     }
+    report.new_drift = pending.iter().filter(|p| !meta.pending_drift.contains(p)).count();
     meta.pending_drift = pending.clone();
     meta.phase = if pending.is_empty() {
         SandboxState::Ready

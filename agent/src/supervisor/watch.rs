@@ -95,6 +95,9 @@ async fn pass(
                 if report.breaker_tripped {
                     w.metrics.breaker_tripped(w.name.as_str());
                 }
+                if report.new_drift > 0 {
+                    w.metrics.drift_found(w.name.as_str(), report.new_drift);
+                }
                 w.update(|s| {
                     s.supervision.last_pass_at = Some(now);
                     s.supervision.last_pass_error = report.error.clone();

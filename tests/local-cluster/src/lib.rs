@@ -1,6 +1,6 @@
 //! A local Kubernetes in which the operator's Pods really run: a real control plane ([`fixtures::kube`]: etcd,
 //! kube-apiserver 1.20 with RBAC, kube-controller-manager with the garbage collector, StatefulSet and
-//! PVC-protection controllers), the CRDs of `crds/`, the operator's RBAC (`rbac.yaml`), the operator process, and a
+//! PVC-protection controllers), the CRDs of `crds/`, the operator's RBAC (the Helm chart's rules, `charts/understudy/files/rbac/`, bound by `rbac.yaml`), the operator process, and a
 //! node played by this process.
 //!
 //! ```no_run

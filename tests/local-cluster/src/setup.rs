@@ -12,8 +12,19 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config};
 
-/// The operator's Role, RoleBinding, ClusterRole and ClusterRoleBinding (`tests/local-cluster/rbac.yaml`).
-pub const RBAC_MANIFEST: &str = include_str!("../rbac.yaml");
+/// The operator's Role, RoleBinding, ClusterRole and ClusterRoleBinding for the local cluster's operator user
+/// (`tests/local-cluster/rbac.yaml`), with the Helm chart's rules (`charts/understudy/files/rbac/`).
+pub fn rbac_manifest() -> String {
+    include_str!("../rbac.yaml")
+        .replace(
+            "{{ROLE_RULES}}\n",
+            include_str!("../../../charts/understudy/files/rbac/role-rules.yaml"),
+        )
+        .replace(
+            "{{CLUSTER_ROLE_RULES}}\n",
+            include_str!("../../../charts/understudy/files/rbac/clusterrole-rules.yaml"),
+        )
+}
 /// How long the CRDs may take to be `Established`.
 const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -126,10 +137,10 @@ pub fn fit_crd_for_1_20(text: &str) -> (String, usize) {
     (out, dropped)
 }
 
-/// Writes [`RBAC_MANIFEST`] to `DIR/rbac.yaml` and applies it in `namespace`.
+/// Writes [`rbac_manifest`] to `DIR/rbac.yaml` and applies it in `namespace`.
 pub async fn apply_rbac(kubeconfig: &Path, dir: &Path, namespace: &str) -> Result<()> {
     let path = dir.join("rbac.yaml");
-    std::fs::write(&path, RBAC_MANIFEST).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, rbac_manifest()).with_context(|| format!("write {}", path.display()))?;
     kubectl(
         kubeconfig,
         &["apply", "-n", namespace, "-f", &path.display().to_string()],
