@@ -62,6 +62,7 @@ fn options() -> BTreeMap<&'static str, Value> {
                 "grafanaDashboard": {"enabled": true, "annotations": {"grafana_folder": "Databases"}}}),
         ),
         ("xfs-storage-class", json!({"xfsStorageClass": {"create": true}})),
+        ("watch-namespace", json!({"operator": {"watchNamespace": "db-team"}})),
         (
             "tracing",
             json!({"tracing": {"otlpEndpoint": "http://otel-collector.observability:4318"}}),
@@ -159,6 +160,18 @@ fn the_chart_lints_renders_and_validates_for_every_option() {
     );
     let untraced = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(!untraced.contains("OTEL_"), "no endpoint, no export: {untraced}");
+    // Another namespace watched: the Role and its binding are there, the operator's Pod stays in the release's.
+    let other = &answer["sets"]["watch-namespace"]["docs"];
+    for k in ["Role", "RoleBinding"] {
+        assert_eq!(kind(other, k)[0]["metadata"]["namespace"], "db-team", "{k}");
+    }
+    assert_eq!(kind(other, "RoleBinding")[0]["subjects"][0]["namespace"], "understudy");
+    assert_eq!(kind(other, "Deployment")[0]["metadata"]["namespace"], "understudy");
+    let env = kind(other, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains(r#"{"name":"WATCH_NAMESPACE","value":"db-team"}"#), "{env}");
+    assert_eq!(count("default", "Role"), 1);
+    let own = kind(&answer["sets"]["default"]["docs"], "Role")[0]["metadata"]["namespace"].clone();
+    assert_eq!(own, "understudy", "by default the release's namespace");
     let existing = kind(&answer["sets"]["existing-service-account"]["docs"], "Deployment")[0];
     assert_eq!(existing["spec"]["template"]["spec"]["serviceAccountName"], "ops");
 }
@@ -179,6 +192,10 @@ fn values_schema_rejects_wrong_values() {
             "endpoint-without-scheme",
             json!({"tracing": {"otlpEndpoint": "otel-collector:4318"}}),
         ),
+        (
+            "namespace-not-a-label",
+            json!({"operator": {"watchNamespace": "DB_Team"}}),
+        ),
     ]);
     let answer = helm(&tmp.0, &wrong, &[]);
     for (name, expected) in [
@@ -191,6 +208,7 @@ fn values_schema_rejects_wrong_values() {
             "serviceAccount.name must name an existing ServiceAccount",
         ),
         ("endpoint-without-scheme", "/tracing/otlpEndpoint"),
+        ("namespace-not-a-label", "/operator/watchNamespace"),
     ] {
         let error = answer["sets"][name]["error"].as_str().unwrap_or_default();
         assert!(error.contains(expected), "{name}: {error:?} should name {expected}");

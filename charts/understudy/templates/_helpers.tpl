@@ -20,6 +20,11 @@ app.kubernetes.io/name: understudy-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Where the Sandboxes and DryRuns live: the namespace the operator watches and its Role is in. */}}
+{{- define "understudy.watchNamespace" -}}
+{{- .Values.operator.watchNamespace | default .Release.Namespace -}}
+{{- end -}}
+
 {{- define "understudy.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "understudy.fullname" .) .Values.serviceAccount.name -}}
