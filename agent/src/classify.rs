@@ -25,6 +25,7 @@ pub fn kind_of(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
         crate::pg::conninfo::ConnInfoError,
         crate::source::names::InvalidName,
         crate::source::PreflightFailed,
+        crate::source::setup::SetupSqlError,
         crate::sandbox::SandboxError,
         crate::fork::ForkError,
         crate::dryrun::DryRunError,

@@ -33,6 +33,9 @@ enum Command {
     /// Sandboxes: databases kept current with a source by logical replication
     #[command(subcommand)]
     Sandbox(commands::sandbox::SandboxCommand),
+    /// The source's side: what its DBA runs for a sandbox
+    #[command(subcommand)]
+    Source(commands::source::SourceCommand),
     /// Forks: writable copies of a sandbox at an exact point, that never reach the source
     #[command(subcommand)]
     Fork(commands::fork::ForkCommand),
@@ -80,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, state_dir).await,
         Command::Fork(cmd) => commands::fork::run(cmd, state_dir).await,
+        Command::Source(cmd) => commands::source::run(cmd),
         Command::DryRun(args) => commands::dryrun::run(*args, state_dir).await,
         Command::Lint(args) => commands::lint::run(args),
         Command::Agent(args) => commands::agent::run(args, state_dir).await,

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod names;
 pub mod objects;
 pub mod preflight;
+pub mod setup;
 
 pub use catalog::PublishedTable;
 pub use names::SandboxName;

@@ -6,3 +6,4 @@ pub mod dryrun;
 pub mod fork;
 pub mod lint;
 pub mod sandbox;
+pub mod source;
