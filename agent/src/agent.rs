@@ -157,6 +157,25 @@ impl PidLock {
 }
 
 /// Runs an agent until SIGTERM or SIGINT. `started` is called once it listens.
+/// The local sweep at start (`understudy sweep --apply` without `--source`).
+async fn sweep_local(state: &StateDir) {
+    let found = match crate::fork::orphans::find(state).await {
+        Ok(found) => found,
+        Err(e) => return tracing::warn!(error = %e, "the sweep failed"),
+    };
+    match crate::fork::orphans::remove(state, &found).await {
+        Ok(removed) if !removed.is_empty() => {
+            let names: Vec<String> = removed
+                .iter()
+                .map(|o| format!("{} {}", o.kind.as_str(), o.name))
+                .collect();
+            tracing::info!(removed = ?names, "swept what no run owns");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "the sweep failed"),
+    }
+}
+
 pub async fn run(opts: AgentOptions, started: impl FnOnce(&AgentRecord)) -> Result<(), AgentError> {
     let _lock = PidLock::acquire(&opts.state)?;
     let token = Arc::new(Token::read(&opts.token_file)?);
@@ -165,12 +184,9 @@ pub async fn run(opts: AgentOptions, started: impl FnOnce(&AgentRecord)) -> Resu
         None => None,
     };
     opts.state.prepare()?;
-    // Forks of dry-runs whose process is gone (a previous agent killed, say) are removed.
-    match crate::fork::sweep(&opts.state).await {
-        Ok(removed) if !removed.is_empty() => tracing::info!(forks = ?removed, "swept forks of ended runs"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "the fork sweep failed"),
-    }
+    // What no run owns (forks of dry-runs whose process is gone, a previous agent killed say, stray capture slots)
+    // is removed.
+    sweep_local(&opts.state).await;
     let metrics = Arc::new(Metrics::new()?);
     let supervisor = Supervisor::new(opts.state.clone(), opts.supervise.clone(), Arc::clone(&metrics));
     let runs = Runs::open(opts.state.clone(), Arc::clone(&metrics), opts.concurrent_runs);

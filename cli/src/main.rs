@@ -36,6 +36,9 @@ enum Command {
     /// The source's side: what its DBA runs for a sandbox
     #[command(subcommand)]
     Source(commands::source::SourceCommand),
+    /// Find what nobody owns (forks, capture slots; with --source the source's slots and publications), and
+    /// remove it with --apply
+    Sweep(commands::sweep::SweepArgs),
     /// Forks: writable copies of a sandbox at an exact point, that never reach the source
     #[command(subcommand)]
     Fork(commands::fork::ForkCommand),
@@ -84,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, state_dir).await,
         Command::Fork(cmd) => commands::fork::run(cmd, state_dir).await,
         Command::Source(cmd) => commands::source::run(cmd),
+        Command::Sweep(args) => commands::sweep::run(args, state_dir).await,
         Command::DryRun(args) => commands::dryrun::run(*args, state_dir).await,
         Command::Lint(args) => commands::lint::run(args),
         Command::Agent(args) => commands::agent::run(args, state_dir).await,

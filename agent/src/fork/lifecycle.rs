@@ -123,17 +123,32 @@ pub fn list(state: &StateDir) -> Vec<ForkMeta> {
     forks
 }
 
-/// Removes expired forks and forks whose creation was interrupted; returns their names.
+/// Why nobody owns fork `meta` any more (`None` while somebody does): its creation was interrupted, the run that
+/// owned it is gone, or it expired.
+pub fn abandoned(meta: &ForkMeta, now: jiff::Timestamp) -> Option<String> {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    if meta.phase == ForkPhase::Creating && !alive(meta.creator_pid) {
+        Some(format!(
+            "its creation was interrupted (pid {} is gone)",
+            meta.creator_pid
+        ))
+    } else if let Some(pid) = meta.owner_pid.filter(|pid| !alive(*pid)) {
+        Some(format!("the run that owned it (pid {pid}) is gone"))
+    } else if meta.expires_at < now {
+        Some(format!("it expired at {}", meta.expires_at))
+    } else {
+        None
+    }
+}
+
+/// Removes expired forks and forks whose creation was interrupted or whose run is gone; returns their names.
 pub async fn sweep(state: &StateDir) -> Result<Vec<String>, ForkError> {
     let now = jiff::Timestamp::now();
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
         let dir = entry.path();
         let Ok(meta) = ForkMeta::load(&dir) else { continue };
-        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
-        let abandoned = (meta.phase == ForkPhase::Creating && !alive(meta.creator_pid))
-            || meta.owner_pid.is_some_and(|pid| !alive(pid));
-        if abandoned || meta.expires_at < now {
+        if abandoned(&meta, now).is_some() {
             remove(state, &meta, &dir).await?;
             removed.push(meta.name.to_string());
         }

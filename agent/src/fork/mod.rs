@@ -14,6 +14,7 @@
 mod copy;
 mod lifecycle;
 mod meta;
+pub mod orphans;
 pub mod strategy;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-pub use lifecycle::{delete, ensure_enabled, list, sweep};
+pub use lifecycle::{abandoned, delete, ensure_enabled, list, sweep};
 pub use meta::{ForkError, ForkMeta, ForkOptions, ForkPhase, ForkTimings, default_name};
 pub use strategy::Strategy;
 

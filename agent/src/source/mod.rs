@@ -7,6 +7,7 @@ pub mod names;
 pub mod objects;
 pub mod preflight;
 pub mod setup;
+pub mod sweep;
 
 pub use catalog::PublishedTable;
 pub use names::SandboxName;

@@ -7,3 +7,4 @@ pub mod fork;
 pub mod lint;
 pub mod sandbox;
 pub mod source;
+pub mod sweep;

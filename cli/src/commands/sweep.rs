@@ -1,0 +1,127 @@
+//! `understudy sweep`: what nobody owns, listed (the default) or removed (`--apply`): locally the forks, fork
+//! files and capture slots of no run; with `--source`, the slots and publications named by Understudy on the
+//! source that no sandbox of this state directory owns.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+use understudy::fork::orphans::{self, Orphan};
+use understudy::pg::connect::connect_source;
+use understudy::sandbox::{SandboxMeta, StateDir};
+use understudy::source::sweep::{self as source_sweep, Abandoned, Owned, Removal};
+
+use crate::output::{self, Format};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// Also sweep this source (a libpq connection string; the password from PGPASSWORD when it has none)
+    #[arg(long, env = "UNDERSTUDY_SOURCE", hide_env_values = true)]
+    source: Option<String>,
+    /// List what would be removed (the default)
+    #[arg(long, conflicts_with = "apply")]
+    dry_run: bool,
+    /// Remove what is listed
+    #[arg(long)]
+    apply: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct Swept {
+    applied: bool,
+    local: Vec<Orphan>,
+    source: Vec<Abandoned>,
+    /// What the source's role may not drop, and what to run instead.
+    refused: Vec<(Abandoned, String)>,
+}
+
+/// The slots and publications this state directory's sandboxes own (their recorded names, or the names a
+/// sandbox directory implies when its metadata cannot be read).
+fn owned(state: &StateDir) -> Owned {
+    let mut owned = Owned::default();
+    for name in state.sandbox_names() {
+        match SandboxMeta::load(&state.sandbox_dir(&name)) {
+            Ok(meta) => {
+                owned.slots.insert(meta.slot);
+                owned.publications.insert(meta.publication);
+            }
+            Err(_) => {
+                owned.slots.insert(name.slot());
+                owned.publications.insert(name.publication());
+            }
+        }
+    }
+    owned
+}
+
+pub async fn run(args: SweepArgs, state: StateDir) -> anyhow::Result<ExitCode> {
+    let mut local = orphans::find(&state).await?;
+    let mut source = Vec::new();
+    let client = match &args.source {
+        Some(text) => Some(connect_source(&crate::commands::sandbox::source_from(text)?, "understudy-sweep").await?),
+        None => None,
+    };
+    let owned = owned(&state);
+    if let Some(client) = &client {
+        source = source_sweep::find(client, &owned).await?;
+    }
+    let mut refused = Vec::new();
+    if args.apply {
+        local = orphans::remove(&state, &local).await?;
+        if let Some(client) = &client {
+            let Removal { removed, refused: r } = source_sweep::remove(client, &owned, &source).await?;
+            source = removed;
+            refused = r;
+        }
+    }
+    let swept = Swept {
+        applied: args.apply,
+        local,
+        source,
+        refused,
+    };
+    match args.format {
+        Format::Json => output::json(&swept)?,
+        Format::Text => print(&swept, args.source.is_some()),
+    }
+    // Something left on the source that this role may not remove: not done.
+    Ok(if swept.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print(swept: &Swept, with_source: bool) {
+    let verb = if swept.applied { "removed" } else { "would remove" };
+    for o in &swept.local {
+        let of = o
+            .sandbox
+            .as_deref()
+            .map(|s| format!(" (sandbox {s})"))
+            .unwrap_or_default();
+        println!("{verb} {} {}{of}: {}", o.kind.as_str(), o.name, o.why);
+    }
+    for a in &swept.source {
+        let keeps = a
+            .retained_bytes
+            .map(|b| format!(", keeps {} of WAL", understudy::units::ByteSize(b)))
+            .unwrap_or_default();
+        println!(
+            "{verb} {} {} on the source: no sandbox here owns it{keeps}",
+            a.kind.as_str(),
+            a.name
+        );
+    }
+    for (a, fix) in &swept.refused {
+        println!("left {} {} on the source: {fix}", a.kind.as_str(), a.name);
+    }
+    if swept.local.is_empty() && swept.source.is_empty() && swept.refused.is_empty() {
+        let place = if with_source { "here or on the source" } else { "here" };
+        println!("nothing abandoned {place}");
+    } else if !swept.applied {
+        println!("(a dry run: `understudy sweep --apply` removes them)");
+    }
+}

@@ -1,0 +1,156 @@
+//! `understudy sweep` finds what nobody owns and removes it only when told: a sandbox whose state directory was
+//! lost leaves its slot and publication on the source; a fork whose run is gone and a capture slot no fork
+//! records are left locally. The dry run (the default) lists exactly those and removes nothing; `--apply`
+//! removes them; a second sweep finds nothing, and the sandbox that is still here keeps replicating.
+
+mod common;
+
+use std::time::Duration;
+
+use fixtures::harness::*;
+use serde_json::Value;
+use understudy::fork::{self, ForkOptions};
+use understudy::sandbox::{self, StateDir, cluster_of};
+use understudy::source::{Replicate, SandboxName};
+
+fn sweep(state: &StateDir, source: &str, extra: &[&str]) -> (bool, Value) {
+    let out = common::cli(state)
+        .args(["sweep", "--format", "json"])
+        .args(extra)
+        .env("UNDERSTUDY_SOURCE", source)
+        .output()
+        .expect("run understudy sweep");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), value)
+}
+
+async fn slots(admin: &tokio_postgres::Client) -> Vec<String> {
+    let rows = admin
+        .query("SELECT slot_name::text FROM pg_replication_slots ORDER BY 1", &[])
+        .await
+        .expect("slots");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+fn named(value: &Value, list: &str) -> Vec<String> {
+    let mut names: Vec<String> = value[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_lists_then_removes_only_what_nobody_owns() {
+    let root = TempRoot::new("sweep");
+    let state = root.state();
+    let source = sample_source(&root, 1_000).await;
+    let admin = source.admin().await.expect("admin");
+    admin
+        .batch_execute("CREATE PUBLICATION understudy_lost FOR TABLE orders")
+        .await
+        .expect("publication");
+    let kept_opts = create_options(&root, &source, "kept", Replicate::Publication("shop_pub".into()));
+    let kept = sandbox::create(&kept_opts, &quiet).await.expect("kept");
+    let lost_opts = create_options(&root, &source, "lost", Replicate::Publication("understudy_lost".into()));
+    let lost = sandbox::create(&lost_opts, &quiet).await.expect("lost");
+
+    // "lost" loses its state (a deleted volume): its server stops, its slot and publication stay on the source.
+    cluster_of(&lost)
+        .expect("cluster")
+        .stop(understudy::pg::StopMode::Fast)
+        .await
+        .expect("stop");
+    std::fs::remove_dir_all(state.sandbox_dir(&lost.name)).expect("lose it");
+    // A fork whose run is gone, and a capture slot on "kept" that no fork records.
+    let mut gone = std::process::Command::new("true").spawn().expect("a process");
+    let dead = gone.id();
+    gone.wait().expect("it ends");
+    let orphan = fork::create(
+        &state,
+        &ForkOptions {
+            sandbox: kept.name.clone(),
+            name: Some(SandboxName::parse("kept-orphan").expect("name")),
+            strategy: None,
+            ttl: Duration::from_secs(3600),
+            owner_pid: Some(dead),
+        },
+        &quiet,
+    )
+    .await
+    .expect("fork");
+    let kept_db = cluster_of(&kept)
+        .expect("cluster")
+        .connect("shop")
+        .await
+        .expect("sandbox");
+    kept_db
+        .batch_execute("SELECT pg_create_logical_replication_slot('understudy_capture_ghost', 'pgoutput')")
+        .await
+        .expect("a stray capture slot");
+
+    let conninfo = source.cluster.conninfo("shop");
+    let (ok, listed) = sweep(&state, &conninfo, &[]);
+    assert!(ok, "{listed}");
+    assert_eq!(listed["applied"], false);
+    assert_eq!(
+        named(&listed, "source"),
+        ["publication understudy_lost", "slot understudy_lost"],
+        "the lost sandbox's objects, not the kept one's: {listed}"
+    );
+    assert_eq!(
+        named(&listed, "local"),
+        ["capture-slot understudy_capture_ghost", "fork kept-orphan"],
+        "{listed}"
+    );
+    // A dry run removes nothing.
+    assert_eq!(slots(&admin).await, ["understudy_kept", "understudy_lost"]);
+    assert!(fork::list(&state).iter().any(|f| f.name == orphan.name));
+
+    let (ok, applied) = sweep(&state, &conninfo, &["--apply"]);
+    assert!(ok, "{applied}");
+    assert_eq!(named(&applied, "source"), named(&listed, "source"), "{applied}");
+    assert_eq!(named(&applied, "local"), named(&listed, "local"), "{applied}");
+    assert_eq!(slots(&admin).await, ["understudy_kept"]);
+    assert!(fork::list(&state).is_empty(), "the orphan fork is gone");
+    let (_, again) = sweep(&state, &conninfo, &[]);
+    assert_eq!(
+        (named(&again, "source").len(), named(&again, "local").len()),
+        (0, 0),
+        "{again}"
+    );
+    let publications: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'understudy_lost'",
+            &[],
+        )
+        .await
+        .expect("publications")
+        .get(0);
+    assert_eq!(publications, 0);
+    let captures: i64 = kept_db
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .expect("sandbox slots")
+        .get(0);
+    assert_eq!(captures, 0, "no capture slot left on the sandbox");
+
+    // The sandbox that is still here keeps replicating.
+    admin
+        .batch_execute("INSERT INTO orders (customer_id, total_cents) VALUES (1, 4242)")
+        .await
+        .expect("a write");
+    wait_caught_up(&source, &kept).await;
+    sandbox::delete(&state, &kept.name, None, false).await.expect("delete");
+}
