@@ -67,6 +67,12 @@ async fn checks(cluster: &mut LocalCluster) -> Result<()> {
         "still running: {:?}",
         cluster.operator_state()
     );
+    // SIGKILL to the group is delivered at once; its members leave /proc once the kernel has reaped them, which
+    // on a loaded machine takes a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !group_members(first).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     ensure!(
         group_members(first).is_empty(),
         "the killed operator's group: {:?}",
