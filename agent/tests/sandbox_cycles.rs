@@ -50,22 +50,7 @@ async fn create_delete_cycles_leave_nothing_on_the_source() {
         sandbox::delete(&opts.state_dir, &opts.name, None, false)
             .await
             .unwrap_or_else(|e| panic!("cycle {i}: delete: {e}"));
-        eventually(Duration::from_secs(10), "nothing of Understudy's on the source", || {
-            let admin = &admin;
-            async move {
-                let left: i64 = admin
-                    .query_one(
-                        "SELECT (SELECT count(*) FROM pg_replication_slots) \
-                              + (SELECT count(*) FROM pg_stat_activity WHERE usename = $1)",
-                        &[&REPLICATOR],
-                    )
-                    .await
-                    .map(|r| r.get(0))
-                    .unwrap_or(1);
-                left == 0
-            }
-        })
-        .await;
+        wait_nothing_left(&source, REPLICATOR).await;
         let found = sweep::find(&admin, &Owned::default()).await.expect("sweep");
         assert!(found.is_empty(), "cycle {i}: sweep --source finds {found:?}");
     }

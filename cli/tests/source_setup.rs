@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use fixtures::harness::*;
 use fixtures::source::SourceServer;
 use fixtures::writer::Writer;
@@ -199,20 +197,5 @@ async fn the_setup_sql_role_is_enough_and_only_reads() {
         .expect("role")
         .get(0);
     assert_eq!(limit, 6, "2 copy workers and 4 more");
-    eventually(Duration::from_secs(10), "the role's sessions to end", || {
-        let admin = &admin;
-        async move {
-            let left: i64 = admin
-                .query_one(
-                    "SELECT (SELECT count(*) FROM pg_stat_activity WHERE usename = $1) \
-                          + (SELECT count(*) FROM pg_replication_slots)",
-                    &[&ROLE],
-                )
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(1);
-            left == 0
-        }
-    })
-    .await;
+    wait_nothing_left(&source, ROLE).await;
 }

@@ -26,14 +26,6 @@ fn sweep(state: &StateDir, source: &str, extra: &[&str]) -> (bool, Value) {
     (out.status.success(), value)
 }
 
-async fn slots(admin: &tokio_postgres::Client) -> Vec<String> {
-    let rows = admin
-        .query("SELECT slot_name::text FROM pg_replication_slots ORDER BY 1", &[])
-        .await
-        .expect("slots");
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
 fn named(value: &Value, list: &str) -> Vec<String> {
     let mut names: Vec<String> = value[list]
         .as_array()
@@ -115,14 +107,22 @@ async fn sweep_lists_then_removes_only_what_nobody_owns() {
         "{listed}"
     );
     // A dry run removes nothing.
-    assert_eq!(slots(&admin).await, ["understudy_kept", "understudy_lost"]);
+    assert_eq!(our_objects(&source).await.0, ["understudy_kept", "understudy_lost"]);
     assert!(fork::list(&state).iter().any(|f| f.name == orphan.name));
 
+    // Production keeps writing while the sweep runs: the lost slot's retained WAL grows between its listing and
+    // its removal, and it is still the same abandoned slot.
+    let writer = fixtures::writer::Writer::start(source.admin().await.expect("writer"), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, applied) = sweep(&state, &conninfo, &["--apply"]);
+    writer.stop().await.expect("writer");
     assert!(ok, "{applied}");
     assert_eq!(named(&applied, "source"), named(&listed, "source"), "{applied}");
     assert_eq!(named(&applied, "local"), named(&listed, "local"), "{applied}");
-    assert_eq!(slots(&admin).await, ["understudy_kept"]);
+    assert_eq!(
+        our_objects(&source).await,
+        (vec!["understudy_kept".to_string()], Vec::new())
+    );
     assert!(fork::list(&state).is_empty(), "the orphan fork is gone");
     let (_, again) = sweep(&state, &conninfo, &[]);
     assert_eq!(
@@ -145,6 +145,25 @@ async fn sweep_lists_then_removes_only_what_nobody_owns() {
         .expect("sandbox slots")
         .get(0);
     assert_eq!(captures, 0, "no capture slot left on the sandbox");
+
+    // A publication the sweep's role may not drop (the DBA made it) is left, with the fix, and the sweep fails.
+    admin
+        .batch_execute("CREATE PUBLICATION understudy_dba FOR TABLE customers")
+        .await
+        .expect("the DBA's publication");
+    let replicator = source.replicator_conninfo().to_secret_string();
+    let (ok, refused) = sweep(&state, &replicator, &["--apply"]);
+    assert!(!ok, "a sweep that leaves something fails: {refused}");
+    let fix = refused["refused"][0][1].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("DROP PUBLICATION \"understudy_dba\" as its owner"),
+        "{refused}"
+    );
+    assert!(
+        !refused.to_string().contains(fixtures::source::REPLICATOR_PASSWORD),
+        "no secret in the output"
+    );
+    assert_eq!(our_objects(&source).await.1, ["understudy_dba"]);
 
     // The sandbox that is still here keeps replicating.
     admin

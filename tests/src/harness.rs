@@ -257,6 +257,23 @@ pub async fn our_objects(source: &SourceServer) -> (Vec<String>, Vec<String>) {
     (slots, pubs)
 }
 
+/// Waits (10 s at most) until the source holds no slot of ours (nor a tablesync slot) and no session of `role`.
+pub async fn wait_nothing_left(source: &SourceServer, role: &str) {
+    let admin = source.admin().await.expect("source admin");
+    eventually(Duration::from_secs(10), "nothing of Understudy's on the source", || {
+        let admin = &admin;
+        async move {
+            let sessions: i64 = admin
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(1);
+            sessions == 0 && our_objects(source).await.0.is_empty()
+        }
+    })
+    .await;
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where

@@ -56,6 +56,8 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
     let now = jiff::Timestamp::now();
     let mut found = Vec::new();
     let mut recorded = BTreeSet::new();
+    // A fork being made may not have readable metadata for a moment: its capture slot is not yet recorded.
+    let mut forming = false;
     for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
         let dir = entry.path();
         match ForkMeta::load(&dir) {
@@ -72,7 +74,7 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
                 }
             }
             // A fork being made has its metadata within moments of its directory: leave young ones alone.
-            Err(_) if !settled(&dir) => {}
+            Err(_) if !settled(&dir) => forming = true,
             Err(_) => found.push(Orphan {
                 kind: LocalKind::ForkFiles,
                 name: entry.file_name().to_string_lossy().into_owned(),
@@ -82,7 +84,7 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
             }),
         }
     }
-    for name in state.sandbox_names() {
+    for name in state.sandbox_names().into_iter().filter(|_| !forming) {
         for slot in capture_slots(state, &name).await? {
             if !recorded.contains(&slot) {
                 found.push(Orphan {
@@ -112,7 +114,10 @@ async fn capture_slots(state: &StateDir, name: &SandboxName) -> Result<Vec<Strin
     let Ok(meta) = SandboxMeta::load(&state.sandbox_dir(name)) else {
         return Ok(Vec::new());
     };
-    let Ok(db) = cluster_of(&meta)?.connect(&meta.database).await else {
+    let Ok(cluster) = cluster_of(&meta) else {
+        return Ok(Vec::new());
+    };
+    let Ok(db) = cluster.connect(&meta.database).await else {
         return Ok(Vec::new());
     };
     let rows = db
@@ -129,7 +134,12 @@ async fn capture_slots(state: &StateDir, name: &SandboxName) -> Result<Vec<Strin
 pub async fn remove(state: &StateDir, orphans: &[Orphan]) -> Result<Vec<Orphan>, ForkError> {
     let now = find(state).await?;
     let mut removed = Vec::new();
-    for orphan in orphans.iter().filter(|o| now.contains(o)) {
+    // The same object still orphaned (its reason may read differently now, an expiry passed meanwhile, say).
+    let still = |o: &Orphan| {
+        now.iter()
+            .any(|n| n.kind == o.kind && n.name == o.name && n.sandbox == o.sandbox)
+    };
+    for orphan in orphans.iter().filter(|o| still(o)) {
         let gone = match (orphan.kind, &orphan.path) {
             (LocalKind::Fork, Some(dir)) => {
                 let meta = ForkMeta::load(dir)?;

@@ -38,11 +38,39 @@ pub struct Abandoned {
     pub retained_bytes: Option<u64>,
 }
 
+impl Abandoned {
+    /// The same object (its WAL figure moves on while production writes).
+    fn is(&self, other: &Abandoned) -> bool {
+        self.kind == other.kind && self.name == other.name
+    }
+}
+
 /// The names the sandboxes of a state directory own on their sources.
 #[derive(Debug, Clone, Default)]
 pub struct Owned {
     pub slots: BTreeSet<String>,
     pub publications: BTreeSet<String>,
+}
+
+impl Owned {
+    /// What the sandboxes of `state` own: their recorded names, or the names a sandbox directory implies when its
+    /// metadata cannot be read (never sweep what a sandbox here may own).
+    pub fn of(state: &crate::sandbox::StateDir) -> Owned {
+        let mut owned = Owned::default();
+        for name in state.sandbox_names() {
+            match crate::sandbox::SandboxMeta::load(&state.sandbox_dir(&name)) {
+                Ok(meta) => {
+                    owned.slots.insert(meta.slot);
+                    owned.publications.insert(meta.publication);
+                }
+                Err(_) => {
+                    owned.slots.insert(name.slot());
+                    owned.publications.insert(name.publication());
+                }
+            }
+        }
+        owned
+    }
 }
 
 fn like_prefix() -> String {
@@ -85,7 +113,7 @@ pub async fn find(client: &Client, owned: &Owned) -> Result<Vec<Abandoned>, PgEr
         .map_err(PgError::sql("reading pg_publication"))?;
     for row in &publications {
         let name: String = row.get(0);
-        let slot_kept = slot_names.contains(&name) && !found.iter().any(|a| a.name == name);
+        let slot_kept = slot_names.contains(&name) && !found.iter().any(|a| a.kind == Kind::Slot && a.name == name);
         if !owned.publications.contains(&name) && !slot_kept {
             found.push(Abandoned {
                 kind: Kind::Publication,
@@ -110,7 +138,7 @@ pub async fn remove(client: &Client, owned: &Owned, objects: &[Abandoned]) -> Re
     let now = find(client, owned).await?;
     let mut removal = Removal::default();
     // Slots first: a publication goes only once no slot of its name is left.
-    let mut order: Vec<&Abandoned> = objects.iter().filter(|o| now.contains(o)).collect();
+    let mut order: Vec<&Abandoned> = objects.iter().filter(|o| now.iter().any(|n| n.is(o))).collect();
     order.sort_by_key(|o| o.kind);
     for object in order {
         let gone = match object.kind {

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use understudy::fork::orphans::{self, Orphan};
 use understudy::pg::connect::connect_source;
-use understudy::sandbox::{SandboxMeta, StateDir};
+use understudy::sandbox::StateDir;
 use understudy::source::sweep::{self as source_sweep, Abandoned, Owned, Removal};
 
 use crate::output::{self, Format};
@@ -37,25 +37,6 @@ struct Swept {
     refused: Vec<(Abandoned, String)>,
 }
 
-/// The slots and publications this state directory's sandboxes own (their recorded names, or the names a
-/// sandbox directory implies when its metadata cannot be read).
-fn owned(state: &StateDir) -> Owned {
-    let mut owned = Owned::default();
-    for name in state.sandbox_names() {
-        match SandboxMeta::load(&state.sandbox_dir(&name)) {
-            Ok(meta) => {
-                owned.slots.insert(meta.slot);
-                owned.publications.insert(meta.publication);
-            }
-            Err(_) => {
-                owned.slots.insert(name.slot());
-                owned.publications.insert(name.publication());
-            }
-        }
-    }
-    owned
-}
-
 pub async fn run(args: SweepArgs, state: StateDir) -> anyhow::Result<ExitCode> {
     let mut local = orphans::find(&state).await?;
     let mut source = Vec::new();
@@ -63,7 +44,7 @@ pub async fn run(args: SweepArgs, state: StateDir) -> anyhow::Result<ExitCode> {
         Some(text) => Some(connect_source(&crate::commands::sandbox::source_from(text)?, "understudy-sweep").await?),
         None => None,
     };
-    let owned = owned(&state);
+    let owned = Owned::of(&state);
     if let Some(client) = &client {
         source = source_sweep::find(client, &owned).await?;
     }
