@@ -81,7 +81,7 @@ async fn exact_fork_point(state: StateDir, strategy: Option<Strategy>, expected:
         "a fork reached the source"
     );
     let written = writer.stop().await.expect("writer");
-    assert!(written > 300, "{written}");
+    assert!(written > 100, "{written}");
     wait_caught_up(&source, &sandbox_meta).await;
     let slot_after = understudy::source::objects::slot_info(&source.admin().await.expect("admin"), &sandbox_meta.slot)
         .await
