@@ -23,6 +23,10 @@ pub struct Metrics {
     drift: IntGaugeVec,
     server_restarts: IntCounterVec,
     breaker_trips: IntCounterVec,
+    gaps: IntCounterVec,
+    resyncs: IntCounterVec,
+    generation: IntGaugeVec,
+    source_outage: GaugeVec,
     drift_found: IntCounterVec,
     ddl_applied: IntCounterVec,
     last_current: GaugeVec,
@@ -146,6 +150,27 @@ impl Metrics {
                 "Times the WAL budget breaker dropped the sandbox's slot on the source to protect its disk",
                 &["sandbox"],
             )?,
+            gaps: counter(
+                "understudy_sandbox_gaps_total",
+                "Gaps found in the stream from the source (slot dropped or recreated, another server, a new \
+                 timeline, a rewound source): each stops the sandbox, which goes stale",
+                &["sandbox"],
+            )?,
+            resyncs: counter(
+                "understudy_sandbox_resyncs_total",
+                "Rebuilds of a stale sandbox from its source, by result (done, failed)",
+                &["sandbox", "result"],
+            )?,
+            generation: int_gauge(
+                "understudy_sandbox_generation",
+                "Which copy of the source the sandbox is: 1, and one more after each resync",
+                &["sandbox"],
+            )?,
+            source_outage: gauge(
+                "understudy_sandbox_source_outage_seconds",
+                "How long the agent has not reached the sandbox's source (0 while it does)",
+                &["sandbox"],
+            )?,
             drift_found: counter(
                 "understudy_sandbox_drift_events_total",
                 "Source schema changes the follower found and will not apply (drift: the sandbox turns degraded), \
@@ -218,9 +243,16 @@ impl Metrics {
             .with_label_values(&[name])
             .set(i64::try_from(st.drift.len()).unwrap_or(i64::MAX));
         // Counters start at 0 for every sandbox, so that `increase()` sees their first trip or restart.
-        for c in [&self.server_restarts, &self.breaker_trips, &self.drift_found] {
+        for c in [&self.server_restarts, &self.breaker_trips, &self.gaps, &self.drift_found] {
             let _ = c.with_label_values(&[name]);
         }
+        for result in ["done", "failed"] {
+            let _ = self.resyncs.with_label_values(&[name, result]);
+        }
+        self.generation.with_label_values(&[name]).set(i64::from(st.generation));
+        self.source_outage
+            .with_label_values(&[name])
+            .set(st.source_outage_seconds.unwrap_or(0.0));
     }
 
     pub fn sandbox_current(&self, name: &str, at: jiff::Timestamp) {
@@ -235,6 +267,15 @@ impl Metrics {
 
     pub fn breaker_tripped(&self, name: &str) {
         self.breaker_trips.with_label_values(&[name]).inc();
+    }
+
+    pub fn gap_found(&self, name: &str) {
+        self.gaps.with_label_values(&[name]).inc();
+    }
+
+    pub fn resynced(&self, name: &str, ok: bool) {
+        let result = if ok { "done" } else { "failed" };
+        self.resyncs.with_label_values(&[name, result]).inc();
     }
 
     pub fn drift_found(&self, name: &str, n: usize) {
@@ -256,12 +297,18 @@ impl Metrics {
             &self.wal_retained_bytes,
             &self.wal_budget_bytes,
             &self.last_current,
+            &self.source_outage,
         ] {
             let _ = g.remove_label_values(&[name]);
+        }
+        let _ = self.generation.remove_label_values(&[name]);
+        for result in ["done", "failed"] {
+            let _ = self.resyncs.remove_label_values(&[name, result]);
         }
         for c in [
             &self.server_restarts,
             &self.breaker_trips,
+            &self.gaps,
             &self.drift_found,
             &self.ddl_applied,
         ] {
@@ -299,7 +346,7 @@ impl Metrics {
     /// dashboards are checked against these).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 17] = [
+        let collectors: [&dyn Collector; 21] = [
             &self.info,
             &self.sandbox_state,
             &self.lag_bytes,
@@ -311,6 +358,10 @@ impl Metrics {
             &self.drift,
             &self.server_restarts,
             &self.breaker_trips,
+            &self.gaps,
+            &self.resyncs,
+            &self.generation,
+            &self.source_outage,
             &self.drift_found,
             &self.ddl_applied,
             &self.last_current,

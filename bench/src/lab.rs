@@ -76,6 +76,7 @@ impl Lab {
             jobs: jobs as usize,
             wal_budget_bytes: 64 << 30,
             progress: false,
+            resync: Default::default(),
         })
     }
 

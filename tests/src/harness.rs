@@ -167,6 +167,7 @@ pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replic
         jobs: 2,
         wal_budget_bytes: 1 << 30,
         progress: false,
+        resync: Default::default(),
     }
 }
 

@@ -187,6 +187,7 @@ impl Run<'_> {
             pause_ms: self.fork.timings.pause_ms,
             ready_ms: self.fork.timings.total_ms,
             kept: self.opts.keep_fork,
+            sandbox_generation: self.fork.sandbox_generation,
             sandbox_lag_bytes: self.lag.bytes,
             sandbox_lag_seconds: self.lag.seconds,
         }

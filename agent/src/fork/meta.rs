@@ -99,6 +99,9 @@ pub struct ForkTimings {
 pub struct ForkMeta {
     pub name: SandboxName,
     pub sandbox: SandboxName,
+    /// The sandbox's copy this fork was made from (one more after each resync).
+    #[serde(default = "first_generation")]
+    pub sandbox_generation: u32,
     pub phase: ForkPhase,
     pub strategy: Strategy,
     pub strategy_reason: String,
@@ -117,6 +120,10 @@ pub struct ForkMeta {
     pub created_at: jiff::Timestamp,
     pub expires_at: jiff::Timestamp,
     pub timings: ForkTimings,
+}
+
+fn first_generation() -> u32 {
+    1
 }
 
 impl ForkMeta {

@@ -146,6 +146,7 @@ async fn create_set(
         let meta = ForkMeta {
             name: name.clone(),
             sandbox: opts.sandbox.clone(),
+            sandbox_generation: sandbox.generation,
             phase: ForkPhase::Creating,
             strategy,
             strategy_reason: reason.clone(),

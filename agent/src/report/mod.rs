@@ -52,6 +52,8 @@ pub struct ForkSummary {
     pub pause_ms: u64,
     pub ready_ms: u64,
     pub kept: bool,
+    /// The sandbox's copy the fork was made from: 1, and one more after each resync.
+    pub sandbox_generation: u32,
     /// WAL the sandbox had not yet confirmed from its source when it was forked.
     pub sandbox_lag_bytes: Option<u64>,
     /// How far behind its source the sandbox was when it was forked, in seconds.

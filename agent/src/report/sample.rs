@@ -308,6 +308,7 @@ fn fork() -> ForkSummary {
         pause_ms: 12,
         ready_ms: 850,
         kept: false,
+        sandbox_generation: 1,
         sandbox_lag_bytes: Some(0),
         sandbox_lag_seconds: Some(0.4),
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::state::{self, InitialCopy, SandboxMeta, SandboxState, StateDir};
+use super::state::{self, InitialCopy, ResyncPolicy, SandboxMeta, SandboxState, StateDir};
 use super::{SandboxError, copy, delete, sandbox_cluster_config, schema, sequences};
 use crate::lsn::Lsn;
 use crate::pg::cluster::Cluster;
@@ -16,6 +16,7 @@ use crate::pg::os_user::RunAs;
 use crate::pg::tools::{ExportedSlot, Section};
 use crate::pg::{ConnInfo, PgBinaries, PgError, quote_ident, quote_literal};
 use crate::progress::{Progress, human_bytes};
+use crate::source::identity::{self, SourceMark};
 use crate::source::{self, Replicate, SandboxName, catalog, objects};
 
 /// What `sandbox create` needs.
@@ -31,6 +32,8 @@ pub struct CreateOptions {
     pub wal_budget_bytes: u64,
     /// Draw progress on a terminal.
     pub progress: bool,
+    /// What happens when the sandbox goes stale.
+    pub resync: ResyncPolicy,
 }
 
 /// Creates a sandbox. On failure everything created so far is removed (source objects first) and the error is
@@ -59,6 +62,11 @@ pub async fn prepare(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Resul
             dir,
         });
     }
+    check(opts, say).await
+}
+
+/// The checks of [`prepare`] but the name's: a resync builds the next copy of a sandbox that exists.
+pub(crate) async fn check(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> Result<Prepared, SandboxError> {
     let bins = PgBinaries::locate()?;
     let run_as = RunAs::detect()?;
     let client = connect_source(&opts.source, "understudy")
@@ -99,6 +107,20 @@ impl Prepared {
     /// Makes the sandbox: metadata first, then everything else (see the module's documentation). On failure
     /// everything made so far is removed, source objects first.
     pub async fn build(self, say: &(dyn Fn(&str) + Sync)) -> Result<SandboxMeta, SandboxError> {
+        let dir = self.opts.state_dir.sandbox_dir(&self.opts.name);
+        self.opts.state_dir.prepare()?;
+        self.build_in(dir, 1, say).await
+    }
+
+    /// Builds generation `generation` in `dir` (the sandbox's directory, or a resync's beside it), its metadata
+    /// saved there. On failure everything made is removed: the whole sandbox for a first generation, and for a
+    /// later one only what this build made (its server, directory and slot), never the publication.
+    pub(crate) async fn build_in(
+        self,
+        dir: PathBuf,
+        generation: u32,
+        say: &(dyn Fn(&str) + Sync),
+    ) -> Result<SandboxMeta, SandboxError> {
         let Prepared {
             opts,
             bins,
@@ -108,8 +130,6 @@ impl Prepared {
             database,
         } = self;
         let opts = &opts;
-        let dir = opts.state_dir.sandbox_dir(&opts.name);
-        opts.state_dir.prepare()?;
         std::fs::create_dir(&dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
         state::set_mode(&dir, 0o755)?;
         let mut meta = SandboxMeta {
@@ -131,6 +151,14 @@ impl Prepared {
             last_error: None,
             pending_drift: Vec::new(),
             warnings: checked.warnings.clone(),
+            generation,
+            source_mark: None,
+            log_checked_to: 0,
+            stale_reason: None,
+            resync: opts.resync,
+            resync_status: None,
+            source_unreachable_since: None,
+            last_outage: None,
         };
         let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
         if let Err(e) = saved {
@@ -142,7 +170,12 @@ impl Prepared {
             Ok(()) => Ok(meta),
             Err(err) => {
                 say(&format!("sandbox create failed; removing what it created: {err}"));
-                if let Err(cleanup) = delete::delete(&opts.state_dir, &opts.name, None, false).await {
+                let cleanup = if generation == 1 {
+                    delete::delete(&opts.state_dir, &opts.name, None, false).await.map(drop)
+                } else {
+                    delete::discard_generation(&meta, &dir, &opts.source).await
+                };
+                if let Err(cleanup) = cleanup {
                     say(&format!("cleanup also failed: {cleanup}"));
                 }
                 Err(err)
@@ -224,6 +257,7 @@ async fn make(
     let create_slot = async { Ok::<_, SandboxError>(ExportedSlot::create(bins, &opts.source, &meta.slot).await?) };
     let (mut cluster, archive, slot) = tokio::try_join!(start_cluster, dump_schema, create_slot)?;
     meta.consistent_point = Some(slot.consistent_point);
+    meta.source_mark = Some(SourceMark::first(&identity::observe(client, &meta.slot).await?));
     meta.save(dir)?;
     say(&format!(
         "sandbox cluster initialised at {}",

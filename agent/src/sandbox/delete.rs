@@ -110,12 +110,61 @@ pub async fn delete(
         report.cluster_removed = cluster.destroy().await.is_ok();
     }
     if dir.exists() {
+        if let Some(meta) = &meta {
+            let _ = crate::cow::remove_dir(&meta.cluster.data_dir);
+        }
         let _ = crate::cow::remove_dir(&dir.join("pgdata"));
         std::fs::remove_dir_all(&dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
         report.directory_removed = true;
     }
     super::SandboxLock::remove(state_dir, name);
     Ok(report)
+}
+
+/// Removes one generation of a sandbox that is not (or no longer) the current one: its server, its directory
+/// `dir` and, when `source` is given, its slot and tablesync slots on the source. Never the publication, which
+/// the sandbox keeps.
+pub(crate) async fn discard_generation(
+    meta: &SandboxMeta,
+    dir: &std::path::Path,
+    source: &ConnInfo,
+) -> Result<(), SandboxError> {
+    stop_generation(meta).await;
+    let sync_prefix = meta.subscription_oid.map(|oid| format!("pg\\_{oid}\\_sync\\_%"));
+    let mut report = DeleteReport::default();
+    clean_source(source, &meta.slot, sync_prefix.as_deref(), None, &mut report).await?;
+    remove_generation(meta, dir)
+}
+
+/// Stops a generation's server for good (and any postmaster left on its data directory).
+pub(crate) async fn stop_generation(meta: &SandboxMeta) {
+    if let Ok(cluster) = cluster_of(meta) {
+        cluster.stop(crate::pg::StopMode::Immediate).await.ok();
+        cluster.kill_strays();
+    }
+    for pid in crate::pg::cluster::postmasters_under(&meta.cluster.data_dir) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}
+
+/// Removes a stopped generation's files: its data directory (a btrfs subvolume maybe), its socket directory
+/// and log, and `dir` itself when it is not the sandbox's own directory.
+pub(crate) fn remove_generation(meta: &SandboxMeta, dir: &std::path::Path) -> Result<(), SandboxError> {
+    let data = &meta.cluster.data_dir;
+    let _ = crate::cow::remove_dir(data);
+    if data.exists() {
+        std::fs::remove_dir_all(data).map_err(|e| SandboxError::io(format!("removing {}", data.display()), e))?;
+    }
+    let _ = std::fs::remove_dir_all(&meta.cluster.socket_dir);
+    if let Ok(cluster) = cluster_of(meta) {
+        let _ = std::fs::remove_file(cluster.log_path());
+    }
+    if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with(super::resync::GENERATION_PREFIX)) {
+        std::fs::remove_dir_all(dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 async fn clean_source(

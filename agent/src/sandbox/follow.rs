@@ -6,8 +6,11 @@
 //! columns, tables leaving the publication) are recorded as drift and put the sandbox in `degraded`, with the SQL
 //! that would mirror them.
 //!
-//! Each pass also guards the source: a slot that keeps more WAL than the budget is dropped (the breaker) and the
-//! sandbox goes `stale`; production's disk matters more than the sandbox.
+//! Each pass guards the source first. A gap in the stream (see [`crate::source::identity`]: the slot dropped or
+//! recreated, another server, a new timeline, a rewound source) stops the subscription before anything else, and
+//! the sandbox goes `stale` with the reason. A slot that keeps more WAL than the budget is dropped (the breaker)
+//! and the sandbox goes `stale` too: production's disk matters more than the sandbox. A stale sandbox is rebuilt
+//! by [`super::resync`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,11 +18,13 @@ use std::path::Path;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::state::{self, SandboxMeta, SandboxState, StateDir};
+use super::state::{self, SandboxMeta, SandboxState, StaleReason, StateDir};
 use super::{SandboxError, cluster_of, sequences};
 use crate::pg::connect::connect_source;
 use crate::pg::tools::{self, Section};
 use crate::pg::{ClusterStatus, PgBinaries, PgError, QualifiedName, quote_ident};
+use crate::lsn::Lsn;
+use crate::source::identity::{self, Gap, SourceMark};
 use crate::source::{SandboxName, catalog, objects};
 
 /// One difference between the source and the sandbox.
@@ -315,6 +320,8 @@ pub struct FollowReport {
     pub new_drift: usize,
     pub sequences_synced: usize,
     pub breaker_tripped: bool,
+    /// This pass found a gap in the stream (and marked the sandbox stale).
+    pub gap: bool,
     pub error: Option<String>,
 }
 
@@ -331,7 +338,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     let mut meta = SandboxMeta::load(&dir)?;
     let mut report = FollowReport::default();
     if meta.phase == SandboxState::Stale {
-        report.error = Some("the sandbox is stale; delete and recreate it".into());
+        report.error = meta.last_error.as_ref().map(|e| e.message.clone());
         return Ok(report);
     }
     let cluster = cluster_of(&meta)?;
@@ -365,6 +372,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
     let source = match connect_source(&source_info, "understudy-follow").await {
         Ok(c) => c,
         Err(e) => {
+            meta.source_reached(false);
             meta.record_error(
                 format!("the source cannot be reached: {e}"),
                 "check the network and credentials; the slot keeps WAL on the source meanwhile",
@@ -375,28 +383,30 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
         }
     };
 
-    // Guard the source first.
-    match objects::slot_info(&source, &meta.slot).await? {
-        None => {
-            meta.phase = SandboxState::Stale;
-            meta.record_error(
-                format!("slot {} no longer exists on the source", meta.slot),
-                format!("recreate the sandbox: understudy sandbox delete {name} && understudy sandbox create ..."),
-            );
-            meta.save(&dir)?;
-            report.error = meta.last_error.as_ref().map(|e| e.message.clone());
-            return Ok(report);
+    if meta.source_unreachable_since.is_some() {
+        meta.source_reached(true);
+        if meta.last_error.as_ref().is_some_and(|e| e.message.starts_with("the source cannot be reached")) {
+            meta.last_error = None;
         }
-        Some(slot)
-            if slot.retained_bytes > meta.wal_budget_bytes || slot.wal_status == Some(objects::WalStatus::Lost) =>
-        {
-            trip_breaker(&source, &sandbox, &mut meta, slot.retained_bytes).await?;
-            meta.save(&dir)?;
-            report.breaker_tripped = true;
-            report.error = meta.last_error.as_ref().map(|e| e.message.clone());
-            return Ok(report);
-        }
-        Some(_) => {}
+    }
+    // Guard the source first: a gap stops the stream before anything else happens.
+    if let Some(gap) = find_gap(&source, &sandbox, &cluster, &mut meta).await? {
+        tracing::warn!(sandbox = %name, %gap, "the stream from the source has a gap; the sandbox stops following it");
+        detach(&sandbox, &meta.subscription).await?;
+        meta.mark_stale(StaleReason::Gap(gap));
+        meta.save(&dir)?;
+        report.gap = true;
+        report.error = meta.last_error.as_ref().map(|e| e.message.clone());
+        return Ok(report);
+    }
+    if let Some(slot) = objects::slot_info(&source, &meta.slot).await?
+        && (slot.retained_bytes > meta.wal_budget_bytes || slot.wal_status == Some(objects::WalStatus::Lost))
+    {
+        trip_breaker(&source, &sandbox, &mut meta, slot.retained_bytes).await?;
+        meta.save(&dir)?;
+        report.breaker_tripped = true;
+        report.error = meta.last_error.as_ref().map(|e| e.message.clone());
+        return Ok(report);
     }
 
     let changes = diff(&source, &sandbox, &meta.publication).await?;
@@ -523,7 +533,19 @@ async fn trip_breaker(
     meta: &mut SandboxMeta,
     retained: u64,
 ) -> Result<(), SandboxError> {
-    let sub = quote_ident(&meta.subscription);
+    detach(sandbox, &meta.subscription).await?;
+    objects::drop_slot(source, &meta.slot).await?;
+    meta.mark_stale(StaleReason::BreakerTripped {
+        retained_bytes: retained,
+        budget_bytes: meta.wal_budget_bytes,
+    });
+    Ok(())
+}
+
+/// Stops the subscription for good: disabled, and no longer naming a slot, so that its apply worker can never
+/// take a slot of that name again (a recreated one, or the next generation's).
+pub(crate) async fn detach(sandbox: &Client, subscription: &str) -> Result<(), SandboxError> {
+    let sub = quote_ident(subscription);
     sandbox
         .batch_execute(&format!("ALTER SUBSCRIPTION {sub} DISABLE"))
         .await
@@ -532,21 +554,65 @@ async fn trip_breaker(
         .batch_execute(&format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"))
         .await
         .map_err(PgError::sql("detaching the subscription from its slot"))?;
-    objects::drop_slot(source, &meta.slot).await?;
-    meta.phase = SandboxState::Stale;
-    meta.record_error(
-        format!(
-            "WAL budget breaker: our slot kept {retained} bytes of WAL on the source (budget {}); the slot was dropped \
-             to protect the source's disk",
-            meta.wal_budget_bytes
-        ),
-        format!(
-            "recreate the sandbox (understudy sandbox delete {0} && understudy sandbox create {0} ...); raise \
-             --wal-budget if the sandbox cannot keep up",
-            meta.name
-        ),
-    );
     Ok(())
+}
+
+/// Checks the source against the mark kept in `meta` (see [`crate::source::identity`]) and the sandbox's log
+/// for a missing slot; keeps the new mark when the stream is continuous.
+async fn find_gap(
+    source: &Client,
+    sandbox: &Client,
+    cluster: &crate::pg::Cluster,
+    meta: &mut SandboxMeta,
+) -> Result<Option<Gap>, SandboxError> {
+    let seen = identity::observe(source, &meta.slot).await?;
+    let log = std::fs::read(cluster.log_path()).unwrap_or_default();
+    let from = if (log.len() as u64) < meta.log_checked_to {
+        0
+    } else {
+        meta.log_checked_to as usize
+    };
+    let fresh = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
+    meta.log_checked_to = log.len() as u64;
+    if seen.slot.is_some() && identity::log_shows_slot_missing(&fresh, &meta.slot) {
+        return Ok(Some(Gap::SlotRecreated {
+            slot: meta.slot.clone(),
+            evidence: "the sandbox's apply worker found no slot of that name since the last pass".into(),
+        }));
+    }
+    let applied = applied_position(sandbox, meta.subscription_oid).await?;
+    match &meta.source_mark {
+        None => match seen.slot {
+            None => Ok(Some(Gap::SlotMissing { slot: meta.slot.clone() })),
+            Some(_) => {
+                meta.source_mark = Some(SourceMark::first(&seen));
+                Ok(None)
+            }
+        },
+        Some(mark) => match mark.check(&seen, &meta.slot, applied) {
+            Ok(next) => {
+                meta.source_mark = Some(next);
+                Ok(None)
+            }
+            Err(gap) => Ok(Some(gap)),
+        },
+    }
+}
+
+/// What the sandbox has applied: its subscription's replication origin.
+pub(crate) async fn applied_position(sandbox: &Client, subscription_oid: Option<u32>) -> Result<Option<Lsn>, SandboxError> {
+    let Some(oid) = subscription_oid else { return Ok(None) };
+    let row = sandbox
+        .query_opt(
+            "SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = $1",
+            &[&format!("pg_{oid}")],
+        )
+        .await
+        .map_err(PgError::sql("reading the subscription's replication origin"))?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|t| t.parse().ok())
+        .filter(|l: &Lsn| l.0 != 0))
 }
 
 /// The apply worker's last failure, from the server log, when it is not running.

@@ -3,6 +3,7 @@
 //! - [`create`]: preflight, schema, fast snapshot copy tied to the slot, indexes after, subscription;
 //! - [`follow`]: the DDL follower, sequence sync and the WAL budget breaker (`sandbox watch`);
 //! - [`status`]: live state, lag, retained WAL, per-table sync state;
+//! - [`resync`]: a stale sandbox rebuilt beside its old copy and swapped in when current;
 //! - [`delete`]: removes everything, on the source first.
 
 pub mod copy;
@@ -10,6 +11,7 @@ pub mod create;
 pub mod delete;
 pub mod follow;
 pub mod lock;
+pub mod resync;
 pub mod schema;
 pub mod sequences;
 pub mod source;
@@ -61,6 +63,11 @@ pub enum SandboxError {
     SourceUnreachable(#[source] PgError),
     #[error("corrupt sandbox metadata: {0}")]
     Corrupt(String),
+    #[error(
+        "sandbox {name} is {phase:?}, not stale: only a stale sandbox is resynced (see `understudy sandbox status \
+         {name}`)"
+    )]
+    NotStale { name: String, phase: SandboxState },
     #[error("interrupted")]
     Interrupted,
     #[error("{0}")]
@@ -76,7 +83,7 @@ impl crate::error::Classify for SandboxError {
             }
             SandboxError::Pg(e) => e.kind(),
             SandboxError::NotFound { .. } => ErrorKind::NotFound,
-            SandboxError::Exists { .. } => ErrorKind::Conflict,
+            SandboxError::Exists { .. } | SandboxError::NotStale { .. } => ErrorKind::Conflict,
             SandboxError::Interrupted => ErrorKind::Cancelled,
             SandboxError::Io { .. } | SandboxError::Corrupt(_) | SandboxError::Failed(_) => ErrorKind::Internal,
         }

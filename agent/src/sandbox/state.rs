@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::SandboxError;
 use crate::lsn::Lsn;
 use crate::pg::{ClusterConfig, ConnInfo};
+use crate::source::identity::{Gap, SourceMark};
 use crate::source::{Replicate, SandboxName};
 
 /// The root under which Understudy keeps sandboxes (and later forks).
@@ -91,8 +92,76 @@ pub enum SandboxState {
     Ready,
     /// Streaming is blocked or the schema drifted in a way Understudy will not apply by itself.
     Degraded,
-    /// The slot on the source is gone or was dropped by the WAL budget breaker: a new sandbox is needed.
+    /// The stream from the source is broken (see [`StaleReason`]): the sandbox no longer follows it, and is
+    /// rebuilt (resync) unless its policy is manual.
     Stale,
+}
+
+/// Why a sandbox is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaleReason {
+    /// The stream has a gap, or its source is not the one it was.
+    Gap(Gap),
+    /// The WAL budget breaker dropped our slot to protect the source's disk.
+    BreakerTripped { retained_bytes: u64, budget_bytes: u64 },
+}
+
+impl std::fmt::Display for StaleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StaleReason::Gap(gap) => gap.fmt(f),
+            StaleReason::BreakerTripped {
+                retained_bytes,
+                budget_bytes,
+            } => write!(
+                f,
+                "WAL budget breaker: our slot kept {retained_bytes} bytes of WAL on the source (budget \
+                 {budget_bytes}); the slot was dropped to protect the source's disk"
+            ),
+        }
+    }
+}
+
+/// What happens to a stale sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResyncPolicy {
+    /// The agent rebuilds it once the source is healthy again.
+    #[default]
+    Auto,
+    /// It stays stale until `understudy sandbox resync` (or a delete).
+    Manual,
+}
+
+impl std::str::FromStr for ResyncPolicy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(ResyncPolicy::Auto),
+            "manual" => Ok(ResyncPolicy::Manual),
+            other => Err(format!("unknown resync policy {other:?}: use auto or manual")),
+        }
+    }
+}
+
+/// What the resync of a stale sandbox is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+pub enum ResyncStatus {
+    /// Policy manual: nothing happens until asked.
+    WaitingForRequest,
+    /// Waiting for the source to be healthy (or for the backoff after a failed attempt).
+    WaitingForSource { reason: String, attempts: u32, next_at: jiff::Timestamp },
+    /// The new copy (generation `generation`) is being built beside the old one.
+    Building { generation: u32, started_at: jiff::Timestamp },
+    /// The last resync finished: generation `generation` replaced the stale one.
+    Done {
+        generation: u32,
+        stale_reason: String,
+        started_at: jiff::Timestamp,
+        finished_at: jiff::Timestamp,
+    },
 }
 
 /// An error recorded for `status`, with its fix.
@@ -147,6 +216,39 @@ pub struct SandboxMeta {
     pub pending_drift: Vec<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Which copy of the source this is: 1 for the first, one more for each resync. Forks and reports carry it.
+    #[serde(default = "first_generation")]
+    pub generation: u32,
+    /// What identified the source and the slot at the last pass (gap detection).
+    #[serde(default)]
+    pub source_mark: Option<SourceMark>,
+    /// How far the follower has read the sandbox's server log for evidence of a missing slot.
+    #[serde(default)]
+    pub log_checked_to: u64,
+    #[serde(default)]
+    pub stale_reason: Option<StaleReason>,
+    #[serde(default)]
+    pub resync: ResyncPolicy,
+    #[serde(default)]
+    pub resync_status: Option<ResyncStatus>,
+    /// Since when the follower has not reached the source (`None` while it does).
+    #[serde(default)]
+    pub source_unreachable_since: Option<jiff::Timestamp>,
+    /// The last outage of the source that ended.
+    #[serde(default)]
+    pub last_outage: Option<Outage>,
+}
+
+/// A time the follower could not reach the source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Outage {
+    pub started_at: jiff::Timestamp,
+    pub ended_at: jiff::Timestamp,
+    pub seconds: f64,
+}
+
+fn first_generation() -> u32 {
+    1
 }
 
 impl SandboxMeta {
@@ -168,6 +270,39 @@ impl SandboxMeta {
         let text = serde_json::to_string_pretty(self).map_err(|e| SandboxError::Corrupt(e.to_string()))?;
         std::fs::write(&tmp, text).map_err(|e| SandboxError::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path).map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Marks the sandbox stale for `reason`, with the fix its resync policy calls for.
+    pub fn mark_stale(&mut self, reason: StaleReason) {
+        let fix = match self.resync {
+            ResyncPolicy::Auto => "the agent rebuilds the sandbox once the source is healthy (see resync_status in \
+                                   `understudy sandbox status`)"
+                .to_string(),
+            ResyncPolicy::Manual => format!(
+                "rebuild it: understudy sandbox resync {} (its resync policy is manual)",
+                self.name
+            ),
+        };
+        self.record_error(reason.to_string(), fix);
+        self.phase = SandboxState::Stale;
+        self.stale_reason = Some(reason);
+    }
+
+    /// The follower reached the source (`true`) or did not: opens or closes an outage.
+    pub fn source_reached(&mut self, reached: bool) {
+        let now = jiff::Timestamp::now();
+        match (reached, self.source_unreachable_since) {
+            (false, None) => self.source_unreachable_since = Some(now),
+            (true, Some(since)) => {
+                self.source_unreachable_since = None;
+                self.last_outage = Some(Outage {
+                    started_at: since,
+                    ended_at: now,
+                    seconds: (now - since).total(jiff::Unit::Second).unwrap_or(0.0),
+                });
+            }
+            _ => {}
+        }
     }
 
     pub fn record_error(&mut self, message: impl Into<String>, fix: impl Into<String>) {

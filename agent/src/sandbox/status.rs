@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::follow;
-use super::state::{LastError, SandboxMeta, SandboxState, StateDir};
+use super::state::{LastError, Outage, ResyncPolicy, ResyncStatus, SandboxMeta, SandboxState, StaleReason, StateDir};
 use super::{SandboxError, cluster_of};
 use crate::lsn::Lsn;
 use crate::pg::connect::connect_source;
@@ -110,6 +110,24 @@ pub struct SandboxStatus {
     pub drift: Vec<String>,
     pub last_error: Option<LastError>,
     pub warnings: Vec<String>,
+    /// Which copy of the source this is: 1, and one more after each resync.
+    #[serde(default)]
+    pub generation: u32,
+    /// Why the sandbox is stale, when it is.
+    #[serde(default)]
+    pub stale_reason: Option<StaleReason>,
+    /// What happens when it goes stale.
+    #[serde(default)]
+    pub resync: ResyncPolicy,
+    /// What the resync is doing, or what the last one did.
+    #[serde(default)]
+    pub resync_status: Option<ResyncStatus>,
+    /// How long the agent has not reached the source (`None` while it does).
+    #[serde(default)]
+    pub source_outage_seconds: Option<f64>,
+    /// The last outage of the source that ended.
+    #[serde(default)]
+    pub last_outage: Option<Outage>,
 }
 
 /// Reads the status of sandbox `name`.
@@ -149,6 +167,14 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
         drift: meta.pending_drift.clone(),
         last_error: meta.last_error.clone(),
         warnings: meta.warnings.clone(),
+        generation: meta.generation,
+        stale_reason: meta.stale_reason.clone(),
+        resync: meta.resync,
+        resync_status: meta.resync_status.clone(),
+        source_outage_seconds: meta
+            .source_unreachable_since
+            .map(|since| (jiff::Timestamp::now() - since).total(jiff::Unit::Second).unwrap_or(0.0)),
+        last_outage: meta.last_outage.clone(),
     };
     if !meta.pending_drift.is_empty() {
         reasons.push(format!(

@@ -12,6 +12,7 @@ use super::App;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorResponse};
 use crate::error::{Classify, ErrorKind};
 use crate::pg::{ConnInfo, QualifiedName};
+use crate::sandbox::state::ResyncPolicy;
 use crate::sandbox::{self, CreateOptions, DeleteReport, SandboxMeta, SandboxState, SandboxStatus};
 use crate::source::{Replicate, SandboxName};
 use crate::supervisor::Supervision;
@@ -51,6 +52,9 @@ pub struct CreateSandbox {
     /// Parallel copy workers, 1 to 16 [default: 2].
     #[serde(default)]
     pub jobs: Option<usize>,
+    /// What happens when the sandbox goes stale [default: auto, rebuilt once the source is healthy].
+    #[serde(default)]
+    pub resync: Option<ResyncPolicy>,
 }
 
 /// A sandbox as the API shows it.
@@ -153,6 +157,7 @@ impl CreateSandbox {
             jobs,
             wal_budget_bytes: wal_budget.bytes(),
             progress: false,
+            resync: self.resync.unwrap_or_default(),
         })
     }
 }

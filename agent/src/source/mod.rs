@@ -3,6 +3,7 @@
 //! and their removal. Nothing here writes to a table of the source.
 
 pub mod catalog;
+pub mod identity;
 pub mod names;
 pub mod objects;
 pub mod preflight;

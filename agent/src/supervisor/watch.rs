@@ -95,6 +95,9 @@ async fn pass(
                 if report.breaker_tripped {
                     w.metrics.breaker_tripped(w.name.as_str());
                 }
+                if report.gap {
+                    w.metrics.gap_found(w.name.as_str());
+                }
                 if report.new_drift > 0 {
                     w.metrics.drift_found(w.name.as_str(), report.new_drift);
                 }
@@ -115,7 +118,8 @@ async fn pass(
             }
         }
     }
-    if !(refresh_due || restarted) {
+    let resynced = resync_if_due(w).await;
+    if !(refresh_due || restarted || resynced) {
         return false;
     }
     match sandbox::status(&w.state, &w.name).await {
@@ -147,6 +151,60 @@ async fn pass(
             s.supervision.current = false;
             s.supervision.not_current_reason = Some(e.to_string());
         }),
+    }
+    true
+}
+
+/// Resyncs the sandbox when it is stale and its policy and backoff allow (see [`sandbox::resync`]); returns
+/// whether a resync ran.
+async fn resync_if_due(w: &Watch) -> bool {
+    use sandbox::resync;
+    let dir = w.state.sandbox_dir(&w.name);
+    let Ok(mut meta) = SandboxMeta::load(&dir) else {
+        return false;
+    };
+    if meta.phase != SandboxState::Stale {
+        return false;
+    }
+    if meta.resync_status.is_none() {
+        match meta.resync {
+            sandbox::state::ResyncPolicy::Manual => {
+                meta.resync_status = Some(sandbox::state::ResyncStatus::WaitingForRequest);
+            }
+            sandbox::state::ResyncPolicy::Auto => {
+                let wait = resync::first_attempt_after(meta.stale_reason.as_ref());
+                resync::record_wait(&mut meta, "the sandbox went stale".into(), 0, wait);
+            }
+        }
+        let _ = meta.save(&dir);
+    }
+    if !resync::due(&meta, jiff::Timestamp::now()) {
+        return false;
+    }
+    let attempts = match &meta.resync_status {
+        Some(sandbox::state::ResyncStatus::WaitingForSource { attempts, .. }) => *attempts,
+        _ => 0,
+    };
+    w.update(|s| {
+        s.supervision.current = false;
+        s.supervision.not_current_reason = Some("it is stale and being resynced".into());
+    });
+    let say = |line: &str| tracing::info!(sandbox = %w.name, "{line}");
+    match resync::resync(&w.state, &w.name, &say).await {
+        Ok(new) => {
+            w.metrics.resynced(w.name.as_str(), true);
+            tracing::info!(sandbox = %w.name, generation = new.generation, "resync done");
+        }
+        Err(e) => {
+            w.metrics.resynced(w.name.as_str(), false);
+            w.metrics.error(crate::error::Classify::kind(&e));
+            tracing::warn!(sandbox = %w.name, error = %e, "resync failed; retrying later");
+            if let Ok(mut meta) = SandboxMeta::load(&dir) {
+                let attempts = attempts + 1;
+                resync::record_wait(&mut meta, e.to_string(), attempts, resync::retry_after(attempts));
+                let _ = meta.save(&dir);
+            }
+        }
     }
     true
 }

@@ -39,6 +39,8 @@ pub enum SandboxCommand {
         #[command(flatten)]
         serve: crate::commands::agent::ServeArgs,
     },
+    /// Rebuild a stale sandbox from its source now (the agent does it by itself unless the policy is manual)
+    Resync { name: String },
     /// Delete a sandbox and everything it holds on the source
     Delete {
         name: String,
@@ -77,6 +79,10 @@ pub struct CreateArgs {
     /// Do not draw progress
     #[arg(long)]
     no_progress: bool,
+    /// When the sandbox goes stale (a gap in the stream, the breaker): auto rebuilds it once the source is
+    /// healthy, manual waits for `understudy sandbox resync`
+    #[arg(long, default_value = "auto")]
+    resync: sandbox::state::ResyncPolicy,
 }
 
 fn default_jobs() -> usize {
@@ -130,6 +136,16 @@ pub async fn run(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Result<Exi
             (Some(n), true) => watch_once(&state_dir, &name(&n)?).await,
             _ => crate::commands::agent::foreground(&serve, &state_dir).await,
         },
+        SandboxCommand::Resync { name: n } => {
+            let n = name(&n)?;
+            let _lock = sandbox::SandboxLock::acquire(&state_dir, &n).await?;
+            let say = |line: &str| eprintln!("{line}");
+            let new = sandbox::resync::resync(&state_dir, &n, &say)
+                .await
+                .context(format!("resyncing sandbox {n}"))?;
+            println!("sandbox {n} resynced: generation {} is current", new.generation);
+            Ok(ExitCode::SUCCESS)
+        }
         SandboxCommand::Delete { name: n, source, force } => {
             let n = name(&n)?;
             let source = source.map(|s| source_from(&s)).transpose()?;
@@ -170,6 +186,7 @@ async fn create(args: CreateArgs, state_dir: StateDir) -> anyhow::Result<ExitCod
         jobs: args.jobs.max(1),
         wal_budget_bytes: args.wal_budget.bytes(),
         progress: !args.no_progress,
+        resync: args.resync,
     };
     let say = |line: &str| eprintln!("{line}");
     let created = tokio::select! {
@@ -251,6 +268,35 @@ async fn watch_once(state_dir: &StateDir, n: &SandboxName) -> anyhow::Result<Exi
     })
 }
 
+fn resync_policy(policy: sandbox::state::ResyncPolicy) -> &'static str {
+    match policy {
+        sandbox::state::ResyncPolicy::Auto => "auto",
+        sandbox::state::ResyncPolicy::Manual => "manual",
+    }
+}
+
+fn describe_resync(status: &sandbox::state::ResyncStatus) -> String {
+    use sandbox::state::ResyncStatus;
+    match status {
+        ResyncStatus::WaitingForRequest => "waiting for `understudy sandbox resync` (policy manual)".into(),
+        ResyncStatus::WaitingForSource {
+            reason,
+            attempts,
+            next_at,
+        } => format!("next attempt at {next_at} ({attempts} failed so far): {reason}"),
+        ResyncStatus::Building {
+            generation,
+            started_at,
+        } => format!("building generation {generation} beside the stale copy since {started_at}"),
+        ResyncStatus::Done {
+            generation,
+            stale_reason,
+            finished_at,
+            ..
+        } => format!("generation {generation} replaced a stale copy at {finished_at} ({stale_reason})"),
+    }
+}
+
 fn print_status(st: &sandbox::SandboxStatus) {
     let state = serde_json::to_value(st.state)
         .ok()
@@ -289,6 +335,18 @@ fn print_status(st: &sandbox::SandboxStatus) {
         st.wal_status.map(|w| w.as_str()).unwrap_or("?"),
         human_bytes(st.wal_budget_bytes)
     );
+    if let Some(seconds) = st.source_outage_seconds {
+        println!("  outage       the source has not been reached for {seconds:.0} s");
+    } else if let Some(o) = &st.last_outage {
+        println!("  last outage  {:.1} s, ended {}", o.seconds, o.ended_at);
+    }
+    println!("  generation   {} (resync policy {})", st.generation, resync_policy(st.resync));
+    if let Some(reason) = &st.stale_reason {
+        println!("  stale        {reason}");
+    }
+    if let Some(resync) = &st.resync_status {
+        println!("  resync       {}", describe_resync(resync));
+    }
     println!("  tables       {}", st.tables.len());
     for t in &st.tables {
         println!("    {:<40} {}", t.table, t.state);
