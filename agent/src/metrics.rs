@@ -243,7 +243,12 @@ impl Metrics {
             .with_label_values(&[name])
             .set(i64::try_from(st.drift.len()).unwrap_or(i64::MAX));
         // Counters start at 0 for every sandbox, so that `increase()` sees their first trip or restart.
-        for c in [&self.server_restarts, &self.breaker_trips, &self.gaps, &self.drift_found] {
+        for c in [
+            &self.server_restarts,
+            &self.breaker_trips,
+            &self.gaps,
+            &self.drift_found,
+        ] {
             let _ = c.with_label_values(&[name]);
         }
         for result in ["done", "failed"] {

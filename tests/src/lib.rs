@@ -8,6 +8,7 @@ pub mod kube;
 pub mod migrations;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod proxy;
 pub mod source;
 pub mod writer;
 

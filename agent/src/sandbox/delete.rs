@@ -161,7 +161,10 @@ pub(crate) fn remove_generation(meta: &SandboxMeta, dir: &std::path::Path) -> Re
     if let Ok(cluster) = cluster_of(meta) {
         let _ = std::fs::remove_file(cluster.log_path());
     }
-    if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with(super::resync::GENERATION_PREFIX)) {
+    if dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(super::resync::GENERATION_PREFIX))
+    {
         std::fs::remove_dir_all(dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
     }
     Ok(())

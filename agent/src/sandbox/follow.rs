@@ -20,10 +20,10 @@ use tokio_postgres::Client;
 
 use super::state::{self, SandboxMeta, SandboxState, StaleReason, StateDir};
 use super::{SandboxError, cluster_of, sequences};
+use crate::lsn::Lsn;
 use crate::pg::connect::connect_source;
 use crate::pg::tools::{self, Section};
 use crate::pg::{ClusterStatus, PgBinaries, PgError, QualifiedName, quote_ident};
-use crate::lsn::Lsn;
 use crate::source::identity::{self, Gap, SourceMark};
 use crate::source::{SandboxName, catalog, objects};
 
@@ -385,7 +385,11 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
 
     if meta.source_unreachable_since.is_some() {
         meta.source_reached(true);
-        if meta.last_error.as_ref().is_some_and(|e| e.message.starts_with("the source cannot be reached")) {
+        if meta
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.message.starts_with("the source cannot be reached"))
+        {
             meta.last_error = None;
         }
     }
@@ -565,6 +569,8 @@ async fn find_gap(
     cluster: &crate::pg::Cluster,
     meta: &mut SandboxMeta,
 ) -> Result<Option<Gap>, SandboxError> {
+    // What the sandbox applied is read first: the source, read after, can only be further on.
+    let applied = applied_position(sandbox, meta.subscription_oid).await?;
     let seen = identity::observe(source, &meta.slot).await?;
     let log = std::fs::read(cluster.log_path()).unwrap_or_default();
     let from = if (log.len() as u64) < meta.log_checked_to {
@@ -580,10 +586,11 @@ async fn find_gap(
             evidence: "the sandbox's apply worker found no slot of that name since the last pass".into(),
         }));
     }
-    let applied = applied_position(sandbox, meta.subscription_oid).await?;
     match &meta.source_mark {
         None => match seen.slot {
-            None => Ok(Some(Gap::SlotMissing { slot: meta.slot.clone() })),
+            None => Ok(Some(Gap::SlotMissing {
+                slot: meta.slot.clone(),
+            })),
             Some(_) => {
                 meta.source_mark = Some(SourceMark::first(&seen));
                 Ok(None)
@@ -600,7 +607,10 @@ async fn find_gap(
 }
 
 /// What the sandbox has applied: its subscription's replication origin.
-pub(crate) async fn applied_position(sandbox: &Client, subscription_oid: Option<u32>) -> Result<Option<Lsn>, SandboxError> {
+pub(crate) async fn applied_position(
+    sandbox: &Client,
+    subscription_oid: Option<u32>,
+) -> Result<Option<Lsn>, SandboxError> {
     let Some(oid) = subscription_oid else { return Ok(None) };
     let row = sandbox
         .query_opt(

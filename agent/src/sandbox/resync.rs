@@ -107,10 +107,7 @@ pub async fn resync(
     }
     drop(client);
 
-    old.resync_status = Some(ResyncStatus::Building {
-        generation,
-        started_at,
-    });
+    old.resync_status = Some(ResyncStatus::Building { generation, started_at });
     old.save(&dir)?;
     let opts = CreateOptions {
         name: name.clone(),
@@ -123,7 +120,9 @@ pub async fn resync(
         progress: false,
         resync: old.resync,
     };
-    say(&format!("resync of sandbox {name}: building generation {generation} beside the stale copy"));
+    say(&format!(
+        "resync of sandbox {name}: building generation {generation} beside the stale copy"
+    ));
     let gen_dir = dir.join(format!("{GENERATION_PREFIX}{generation}"));
     let prepared = create::check(&opts, say).await?;
     let mut new = prepared.build_in(gen_dir.clone(), generation, say).await?;

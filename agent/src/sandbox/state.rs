@@ -152,9 +152,16 @@ pub enum ResyncStatus {
     /// Policy manual: nothing happens until asked.
     WaitingForRequest,
     /// Waiting for the source to be healthy (or for the backoff after a failed attempt).
-    WaitingForSource { reason: String, attempts: u32, next_at: jiff::Timestamp },
+    WaitingForSource {
+        reason: String,
+        attempts: u32,
+        next_at: jiff::Timestamp,
+    },
     /// The new copy (generation `generation`) is being built beside the old one.
-    Building { generation: u32, started_at: jiff::Timestamp },
+    Building {
+        generation: u32,
+        started_at: jiff::Timestamp,
+    },
     /// The last resync finished: generation `generation` replaced the stale one.
     Done {
         generation: u32,

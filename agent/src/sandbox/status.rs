@@ -171,9 +171,11 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
         stale_reason: meta.stale_reason.clone(),
         resync: meta.resync,
         resync_status: meta.resync_status.clone(),
-        source_outage_seconds: meta
-            .source_unreachable_since
-            .map(|since| (jiff::Timestamp::now() - since).total(jiff::Unit::Second).unwrap_or(0.0)),
+        source_outage_seconds: meta.source_unreachable_since.map(|since| {
+            (jiff::Timestamp::now() - since)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0)
+        }),
         last_outage: meta.last_outage.clone(),
     };
     if !meta.pending_drift.is_empty() {

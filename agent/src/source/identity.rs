@@ -67,10 +67,7 @@ pub enum Gap {
     /// The source moved to another timeline: a failover or a point-in-time restore.
     TimelineChanged { was: u32, now: u32 },
     /// The source's WAL is behind what the sandbox applied: it was restored from a backup.
-    SourceRewound {
-        source_lsn: Lsn,
-        applied: Lsn,
-    },
+    SourceRewound { source_lsn: Lsn, applied: Lsn },
 }
 
 impl std::fmt::Display for Gap {
@@ -247,7 +244,10 @@ mod tests {
             check(seen("1", 1, 10, 800, Some((5000, 800))), 900),
             Err(Gap::SourceRewound { .. })
         ));
-        assert!(matches!(check(seen("1", 1, 10, 1000, None), 900), Err(Gap::SlotMissing { .. })));
+        assert!(matches!(
+            check(seen("1", 1, 10, 1000, None), 900),
+            Err(Gap::SlotMissing { .. })
+        ));
         assert!(matches!(
             check(seen("1", 1, 10, 2000, Some((120, 1900))), 900),
             Err(Gap::SlotRecreated { .. })
@@ -270,7 +270,8 @@ mod tests {
 
     #[test]
     fn the_log_evidence_names_our_slot_only() {
-        let log = "2026 ERROR:  could not start WAL streaming: ERROR:  replication slot \"understudy_a\" does not exist";
+        let log =
+            "2026 ERROR:  could not start WAL streaming: ERROR:  replication slot \"understudy_a\" does not exist";
         assert!(log_shows_slot_missing(log, "understudy_a"));
         assert!(!log_shows_slot_missing(log, "understudy_b"));
     }

@@ -284,10 +284,9 @@ fn describe_resync(status: &sandbox::state::ResyncStatus) -> String {
             attempts,
             next_at,
         } => format!("next attempt at {next_at} ({attempts} failed so far): {reason}"),
-        ResyncStatus::Building {
-            generation,
-            started_at,
-        } => format!("building generation {generation} beside the stale copy since {started_at}"),
+        ResyncStatus::Building { generation, started_at } => {
+            format!("building generation {generation} beside the stale copy since {started_at}")
+        }
         ResyncStatus::Done {
             generation,
             stale_reason,
@@ -340,7 +339,11 @@ fn print_status(st: &sandbox::SandboxStatus) {
     } else if let Some(o) = &st.last_outage {
         println!("  last outage  {:.1} s, ended {}", o.seconds, o.ended_at);
     }
-    println!("  generation   {} (resync policy {})", st.generation, resync_policy(st.resync));
+    println!(
+        "  generation   {} (resync policy {})",
+        st.generation,
+        resync_policy(st.resync)
+    );
     if let Some(reason) = &st.stale_reason {
         println!("  stale        {reason}");
     }
