@@ -411,11 +411,13 @@ mod tests {
         m.server_restarted("shop");
         m.breaker_tripped("shop");
         m.drift_found("shop", 2);
+        m.gap_found("shop");
+        m.resynced("shop", true);
         m.dryrun_started("shop");
         m.dryrun_finished("shop", Some(Verdict::Pass), false);
         m.error(ErrorKind::Invalid);
         let names = m.names();
-        assert_eq!(names.len(), 17, "{names:?}");
+        assert_eq!(names.len(), 21, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("understudy_")), "{names:?}");
         let text = m.render();
         let served: Vec<&str> = text
@@ -423,7 +425,12 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(served.len(), 7, "{served:?}");
+        assert_eq!(served.len(), 9, "{served:?}");
+        assert!(text.contains("understudy_sandbox_gaps_total{sandbox=\"shop\"} 1"), "{text}");
+        assert!(
+            text.contains("understudy_sandbox_resyncs_total{result=\"done\",sandbox=\"shop\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("understudy_sandbox_breaker_trips_total{sandbox=\"shop\"} 1"),
             "{text}"

@@ -66,7 +66,7 @@ async fn the_wal_budget_breaker_drops_our_slot_and_marks_the_sandbox_stale() {
     assert_eq!(st.state, SandboxState::Stale);
     let last = st.last_error.expect("last error");
     assert!(last.message.contains("WAL budget breaker"), "{}", last.message);
-    assert!(last.fix.contains("recreate the sandbox"), "{}", last.fix);
+    assert!(last.fix.contains("the agent rebuilds the sandbox"), "{}", last.fix);
     // The CLI reports a stale sandbox with a non-zero exit.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
         .arg("--state-dir")

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::DryRunError;
+use crate::sandbox::state::ResyncPolicy;
 use crate::sandbox::{self, SandboxState, SandboxStatus, StateDir};
 use crate::source::SandboxName;
 
@@ -154,7 +155,12 @@ pub(crate) fn judge(st: &SandboxStatus, max_lag: Duration) -> Judged {
         SandboxState::Stale => {
             return Judged::Refuse(Refusal {
                 reason: format!("it is stale{reasons}"),
-                fix: format!("recreate it: understudy sandbox delete {name} && understudy sandbox create {name} ..."),
+                fix: match st.resync {
+                    ResyncPolicy::Auto => format!(
+                        "wait for the agent's resync (`understudy sandbox status {name}` shows it), then run again"
+                    ),
+                    ResyncPolicy::Manual => format!("rebuild it first: understudy sandbox resync {name}"),
+                },
             });
         }
         SandboxState::InitialSync => {
@@ -237,6 +243,12 @@ mod tests {
             drift: Vec::new(),
             last_error: None,
             warnings: Vec::new(),
+            generation: 1,
+            stale_reason: None,
+            resync: ResyncPolicy::Auto,
+            resync_status: None,
+            source_outage_seconds: None,
+            last_outage: None,
         }
     }
 
@@ -273,16 +285,19 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_sandbox_is_refused_with_recreate() {
-        let (reason, fix) = refused(&in_state(
+    fn a_stale_sandbox_is_refused_with_its_resync() {
+        let mut st = in_state(
             SandboxState::Stale,
             &["the slot understudy_shop is gone from the source"],
-        ));
+        );
+        let (reason, fix) = refused(&st);
         assert_eq!(reason, "it is stale: the slot understudy_shop is gone from the source");
         assert_eq!(
             fix,
-            "recreate it: understudy sandbox delete shop && understudy sandbox create shop ..."
+            "wait for the agent's resync (`understudy sandbox status shop` shows it), then run again"
         );
+        st.resync = ResyncPolicy::Manual;
+        assert_eq!(refused(&st).1, "rebuild it first: understudy sandbox resync shop");
     }
 
     #[test]
