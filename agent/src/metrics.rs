@@ -426,7 +426,10 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .collect();
         assert_eq!(served.len(), 9, "{served:?}");
-        assert!(text.contains("understudy_sandbox_gaps_total{sandbox=\"shop\"} 1"), "{text}");
+        assert!(
+            text.contains("understudy_sandbox_gaps_total{sandbox=\"shop\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("understudy_sandbox_resyncs_total{result=\"done\",sandbox=\"shop\"} 1"),
             "{text}"

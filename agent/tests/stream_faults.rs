@@ -456,3 +456,60 @@ async fn restarts_and_a_crash_of_the_source_resume_without_a_resync_or_a_duplica
     // `events` has no primary key: a transaction applied twice would show in its checksum.
     parity_then_nothing_left(&source, &opts.state_dir, &opts.name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_is_refused_across_a_gap_the_follower_has_not_seen_yet() {
+    let root = TempRoot::new("gapfork");
+    let source = sample_source(&root, 2_000).await;
+    let opts = create_options(&root, &source, "gapfork", Replicate::Publication("shop_pub".into()));
+    let meta = sandbox::create(&opts, &quiet).await.expect("create");
+    let writer = Writer::start(source.admin().await.expect("writer"), 150);
+    // No agent runs: one follower pass records the mark once the slot has decoded something.
+    eventually(Duration::from_secs(20), "a mark with decoded bytes", || {
+        let opts = &opts;
+        async move {
+            sandbox::follow::follow_once(&opts.state_dir, &opts.name)
+                .await
+                .expect("follow");
+            meta_of(&opts.state_dir, &opts.name)
+                .source_mark
+                .is_some_and(|m| m.slot_decoded_bytes > 0)
+        }
+    })
+    .await;
+    let admin = source.admin().await.expect("admin");
+    drop_slot_as_dba(&admin, &meta.slot).await;
+    admin
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&meta.slot],
+        )
+        .await
+        .expect("recreate the slot");
+    let fork = understudy::fork::create(
+        &opts.state_dir,
+        &understudy::fork::ForkOptions {
+            sandbox: opts.name.clone(),
+            name: None,
+            strategy: None,
+            ttl: Duration::from_secs(600),
+            owner_pid: None,
+        },
+        &quiet,
+    )
+    .await;
+    let err = fork.expect_err("a fork across a gap must be refused").to_string();
+    assert!(err.contains("is not the one this sandbox was built from"), "{err}");
+    assert!(understudy::fork::list(&opts.state_dir).is_empty(), "no fork is left");
+    assert_eq!(capture_slots(&meta).await, 0, "no capture slot is left");
+    // The next pass marks it stale.
+    let report = sandbox::follow::follow_once(&opts.state_dir, &opts.name)
+        .await
+        .expect("follow");
+    assert!(report.gap, "{report:?}");
+    writer.stop().await.expect("writer");
+    sandbox::delete(&opts.state_dir, &opts.name, None, false)
+        .await
+        .expect("delete");
+    wait_nothing_left(&source, REPLICATOR).await;
+}

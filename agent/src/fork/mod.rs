@@ -174,7 +174,8 @@ async fn create_set(
         ));
         set.push((meta, dir));
     }
-    match build(&sandbox, &sandbox_cluster, client, &mut set, requested, say).await {
+    let source = crate::sandbox::state::load_source(&sandbox_dir)?;
+    match build(&sandbox, &sandbox_cluster, &source, client, &mut set, requested, say).await {
         Ok(()) => {
             let mut out = Vec::new();
             for (mut meta, dir) in set {
@@ -236,9 +237,33 @@ fn fork_cluster_config(dir: &Path) -> ClusterConfig {
     config
 }
 
+/// Inside the pause (nothing more is applied), the stream is checked once more: a fork is never made of a
+/// sandbox whose stream has a gap that the follower has not seen yet. A source this process cannot reach is not
+/// a gap (the sandbox's apply worker cannot reach it either); the follower keeps checking.
+async fn continuous(
+    sandbox: &SandboxMeta,
+    cluster: &Cluster,
+    client: &Client,
+    source: Option<&Client>,
+) -> Result<(), ForkError> {
+    let Some(source) = source else {
+        return Ok(());
+    };
+    let found = crate::sandbox::follow::continuity(source, client, cluster, sandbox).await?;
+    match found.gap {
+        None => Ok(()),
+        Some(gap) => Err(ForkError::NotReady {
+            sandbox: sandbox.name.to_string(),
+            reason: format!("{gap}; the agent marks it stale and resyncs it"),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn build(
     sandbox: &SandboxMeta,
     sandbox_cluster: &Cluster,
+    source: &crate::pg::ConnInfo,
     client: Client,
     set: &mut [(ForkMeta, PathBuf)],
     requested_at: Instant,
@@ -259,6 +284,8 @@ async fn build(
         .await
         .map_err(PgError::sql("checkpoint before the pause"))?;
 
+    // Connected before the pause, which stays short.
+    let source_client = crate::pg::connect::connect_source(source, "understudy-fork").await.ok();
     // The pause: held under an advisory lock so that the follower does not re-enable the subscription.
     let admin = sandbox_cluster
         .connect(crate::sandbox::admin_database(&sandbox.database))
@@ -270,7 +297,10 @@ async fn build(
     let pause_started = Instant::now();
     let prepare_ms = requested_at.elapsed().as_millis() as u64;
     let copied = match pause(&client, &sandbox.subscription).await {
-        Ok(()) => capture_and_copy(sandbox, client, &admin, set).await,
+        Ok(()) => match continuous(sandbox, sandbox_cluster, &client, source_client.as_ref()).await {
+            Ok(()) => capture_and_copy(sandbox, client, &admin, set).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let resumed = resume(sandbox).await;

@@ -569,6 +569,29 @@ async fn find_gap(
     cluster: &crate::pg::Cluster,
     meta: &mut SandboxMeta,
 ) -> Result<Option<Gap>, SandboxError> {
+    let found = continuity(source, sandbox, cluster, meta).await?;
+    if found.gap.is_none() {
+        meta.source_mark = found.mark;
+        meta.log_checked_to = found.log_checked_to;
+    }
+    Ok(found.gap)
+}
+
+/// What one continuity check found.
+pub(crate) struct Continuity {
+    pub gap: Option<Gap>,
+    /// The mark to keep when there is no gap.
+    mark: Option<SourceMark>,
+    log_checked_to: u64,
+}
+
+/// The continuity check itself, changing nothing (a fork runs it inside its pause, the follower each pass).
+pub(crate) async fn continuity(
+    source: &Client,
+    sandbox: &Client,
+    cluster: &crate::pg::Cluster,
+    meta: &SandboxMeta,
+) -> Result<Continuity, SandboxError> {
     // What the sandbox applied is read first: the source, read after, can only be further on.
     let applied = applied_position(sandbox, meta.subscription_oid).await?;
     let seen = identity::observe(source, &meta.slot).await?;
@@ -579,31 +602,31 @@ async fn find_gap(
         meta.log_checked_to as usize
     };
     let fresh = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
-    meta.log_checked_to = log.len() as u64;
+    let mut out = Continuity {
+        gap: None,
+        mark: meta.source_mark.clone(),
+        log_checked_to: log.len() as u64,
+    };
     if seen.slot.is_some() && identity::log_shows_slot_missing(&fresh, &meta.slot) {
-        return Ok(Some(Gap::SlotRecreated {
+        out.gap = Some(Gap::SlotRecreated {
             slot: meta.slot.clone(),
             evidence: "the sandbox's apply worker found no slot of that name since the last pass".into(),
-        }));
+        });
+        return Ok(out);
     }
-    match &meta.source_mark {
-        None => match seen.slot {
-            None => Ok(Some(Gap::SlotMissing {
+    match (&meta.source_mark, seen.slot) {
+        (None, None) => {
+            out.gap = Some(Gap::SlotMissing {
                 slot: meta.slot.clone(),
-            })),
-            Some(_) => {
-                meta.source_mark = Some(SourceMark::first(&seen));
-                Ok(None)
-            }
-        },
-        Some(mark) => match mark.check(&seen, &meta.slot, applied) {
-            Ok(next) => {
-                meta.source_mark = Some(next);
-                Ok(None)
-            }
-            Err(gap) => Ok(Some(gap)),
+            })
+        }
+        (None, Some(_)) => out.mark = Some(SourceMark::first(&seen)),
+        (Some(mark), _) => match mark.check(&seen, &meta.slot, applied) {
+            Ok(next) => out.mark = Some(next),
+            Err(gap) => out.gap = Some(gap),
         },
     }
+    Ok(out)
 }
 
 /// What the sandbox has applied: its subscription's replication origin.
