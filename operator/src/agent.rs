@@ -63,6 +63,8 @@ struct CreateBody<'a> {
     schema: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_budget: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resync: Option<&'a str>,
 }
 
 /// What a sandbox replicates, for its creation.
@@ -71,6 +73,8 @@ pub struct Replication<'a> {
     pub tables: Option<&'a [String]>,
     pub schema: Option<&'a str>,
     pub wal_budget: Option<&'a str>,
+    /// `auto` or `manual`.
+    pub resync: Option<&'a str>,
 }
 
 impl AgentClient {
@@ -158,6 +162,7 @@ impl AgentClient {
             tables: what.tables,
             schema: what.schema,
             wal_budget: what.wal_budget,
+            resync: what.resync,
         };
         self.json(self.http.post(self.url("/v1/sandboxes")).json(&body)).await
     }

@@ -25,7 +25,12 @@ impl Proxy {
         let epoch = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let refused = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let (d, e, r, s) = (down.clone(), epoch.clone(), refused.clone(), stop.clone());
+        let (d, e, r, s) = (
+            Arc::clone(&down),
+            Arc::clone(&epoch),
+            Arc::clone(&refused),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {

@@ -134,6 +134,46 @@ pub enum ResyncPolicy {
     Manual,
 }
 
+impl ResyncPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncPolicy::Auto => "auto",
+            ResyncPolicy::Manual => "manual",
+        }
+    }
+}
+
+impl ResyncStatus {
+    /// A line for people (`sandbox status`, the Sandbox resource's status).
+    pub fn describe(&self) -> String {
+        match self {
+            ResyncStatus::WaitingForRequest => "waiting for `understudy sandbox resync` (policy manual)".into(),
+            ResyncStatus::WaitingForSource {
+                reason,
+                attempts,
+                next_at,
+            } => format!("next attempt at {next_at} ({attempts} failed so far): {reason}"),
+            ResyncStatus::Building { generation, started_at } => {
+                format!("building generation {generation} beside the stale copy since {started_at}")
+            }
+            ResyncStatus::Done {
+                generation,
+                stale_reason,
+                finished_at,
+                ..
+            } => format!("generation {generation} replaced a stale copy at {finished_at} ({stale_reason})"),
+        }
+    }
+
+    /// Whether a resync is under way or due (not done, not waiting for a request).
+    pub fn in_progress(&self) -> bool {
+        matches!(
+            self,
+            ResyncStatus::WaitingForSource { .. } | ResyncStatus::Building { .. }
+        )
+    }
+}
+
 impl std::str::FromStr for ResyncPolicy {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {

@@ -268,34 +268,6 @@ async fn watch_once(state_dir: &StateDir, n: &SandboxName) -> anyhow::Result<Exi
     })
 }
 
-fn resync_policy(policy: sandbox::state::ResyncPolicy) -> &'static str {
-    match policy {
-        sandbox::state::ResyncPolicy::Auto => "auto",
-        sandbox::state::ResyncPolicy::Manual => "manual",
-    }
-}
-
-fn describe_resync(status: &sandbox::state::ResyncStatus) -> String {
-    use sandbox::state::ResyncStatus;
-    match status {
-        ResyncStatus::WaitingForRequest => "waiting for `understudy sandbox resync` (policy manual)".into(),
-        ResyncStatus::WaitingForSource {
-            reason,
-            attempts,
-            next_at,
-        } => format!("next attempt at {next_at} ({attempts} failed so far): {reason}"),
-        ResyncStatus::Building { generation, started_at } => {
-            format!("building generation {generation} beside the stale copy since {started_at}")
-        }
-        ResyncStatus::Done {
-            generation,
-            stale_reason,
-            finished_at,
-            ..
-        } => format!("generation {generation} replaced a stale copy at {finished_at} ({stale_reason})"),
-    }
-}
-
 fn print_status(st: &sandbox::SandboxStatus) {
     let state = serde_json::to_value(st.state)
         .ok()
@@ -342,13 +314,13 @@ fn print_status(st: &sandbox::SandboxStatus) {
     println!(
         "  generation   {} (resync policy {})",
         st.generation,
-        resync_policy(st.resync)
+        st.resync.as_str()
     );
     if let Some(reason) = &st.stale_reason {
         println!("  stale        {reason}");
     }
     if let Some(resync) = &st.resync_status {
-        println!("  resync       {}", describe_resync(resync));
+        println!("  resync       {}", resync.describe());
     }
     println!("  tables       {}", st.tables.len());
     for t in &st.tables {

@@ -81,6 +81,27 @@ pub struct SandboxSpec {
     /// The agent image [default: the operator's --agent-image].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// When the stream from the source breaks (a gap, or the WAL budget breaker): `auto` rebuilds the sandbox
+    /// once the source is healthy, `manual` waits for `understudy sandbox resync` [default: auto].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<Resync>,
+}
+
+/// A Sandbox's resync policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Resync {
+    Auto,
+    Manual,
+}
+
+impl Resync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resync::Auto => "auto",
+            Resync::Manual => "manual",
+        }
+    }
 }
 
 /// How many tables are in each sync state.
@@ -126,4 +147,16 @@ pub struct SandboxStatus {
     pub source_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Which copy of the source the sandbox is: 1, and one more after each resync (forks and reports carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_generation: Option<u32>,
+    /// Why the sandbox is stale, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_reason: Option<String>,
+    /// What the resync is doing, or what the last one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<String>,
+    /// The last time the agent could not reach the source, in seconds (the outage under way, or the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_outage_seconds: Option<f64>,
 }

@@ -192,6 +192,7 @@ async fn create(sbx: &Sandbox, ctx: &Context, agent: &crate::agent::AgentClient,
         tables: sbx.spec.tables.as_deref(),
         schema: sbx.spec.schema.as_deref(),
         wal_budget: sbx.spec.wal_budget.as_deref(),
+        resync: sbx.spec.resync.map(|r| r.as_str()),
     };
     match agent.create_sandbox(&name, conninfo, &what).await {
         Ok(_) => {

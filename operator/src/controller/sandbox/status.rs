@@ -38,6 +38,7 @@ pub fn status_from(sbx: &Sandbox, view: &SandboxView, source_hash: Option<String
     let reasons = st.map(|s| s.reasons.join("; ")).unwrap_or_default();
     let current = sup.is_some_and(|s| s.current);
     let replicating = st.is_some_and(|s| s.apply_worker_running);
+    let resync = st.and_then(|s| s.resync_status.as_ref());
     let cond = |t: &str, on: bool, yes: (&str, String), no: (&str, String)| -> Condition {
         let (reason, message) = if on { yes } else { no };
         condition(&old, t, on, reason, message, generation)
@@ -74,6 +75,12 @@ pub fn status_from(sbx: &Sandbox, view: &SandboxView, source_hash: Option<String
             ("Stale", reasons.clone()),
             ("AsExpected", "the sandbox is not stale".into()),
         ),
+        cond(
+            "Resyncing",
+            resync.is_some_and(|r| r.in_progress()),
+            ("Resyncing", resync.map(|r| r.describe()).unwrap_or_default()),
+            ("AsExpected", "no resync is under way".into()),
+        ),
     ];
     let mut tables = TableCounts::default();
     for t in st.map(|s| s.tables.as_slice()).unwrap_or_default() {
@@ -98,6 +105,10 @@ pub fn status_from(sbx: &Sandbox, view: &SandboxView, source_hash: Option<String
         server_restarts: sup.map(|s| s.restarts),
         source_hash,
         observed_generation: generation,
+        copy_generation: st.map(|s| s.generation),
+        stale_reason: st.and_then(|s| s.stale_reason.as_ref()).map(ToString::to_string),
+        resync: resync.map(|r| r.describe()),
+        source_outage_seconds: st.and_then(|s| s.source_outage_seconds.or(s.last_outage.as_ref().map(|o| o.seconds))),
     }
 }
 
