@@ -16,7 +16,7 @@ use understudy::metrics::Metrics;
 use understudy::sandbox::state::{ResyncPolicy, ResyncStatus, StaleReason};
 use understudy::sandbox::{self, SandboxMeta, SandboxState, StateDir};
 use understudy::source::identity::Gap;
-use understudy::source::sweep::{self, Owned};
+use understudy::source::sweep;
 use understudy::source::{Replicate, SandboxName};
 use understudy::supervisor::{Settings, Supervisor};
 
@@ -84,7 +84,7 @@ async fn parity_then_nothing_left(source: &SourceServer, state: &StateDir, name:
     wait_caught_up(source, &meta).await;
     assert_parity(source, &meta, &sample_tables()).await;
     let admin = source.admin().await.expect("admin");
-    let owned = Owned::of(state);
+    let owned = understudy::sandbox::state::owned_on_sources(state);
     let found = sweep::find(&admin, &owned).await.expect("sweep");
     assert!(found.is_empty(), "sweep --source finds {found:?}");
     sandbox::delete(state, name, None, false).await.expect("delete");
@@ -234,22 +234,93 @@ async fn a_slot_recreated_under_our_name_is_a_gap_and_a_manual_resync_heals_it()
     let waiting = meta_of(&opts.state_dir, &opts.name);
     assert_eq!(waiting.generation, 1);
     assert_eq!(waiting.resync_status, Some(ResyncStatus::WaitingForRequest));
+
+    // Asked for (as `POST /v1/sandboxes/NAME/resync` does): the running agent rebuilds it.
+    let started = Instant::now();
+    let asked = sandbox::resync::request(&opts.state_dir, &opts.name)
+        .await
+        .expect("request a resync");
+    assert!(matches!(asked.resync_status, Some(ResyncStatus::Requested { .. })));
+    until_meta(
+        &opts.state_dir,
+        &opts.name,
+        Duration::from_secs(60),
+        "generation 2 swapped in",
+        |m| m.generation == 2 && m.phase != SandboxState::Stale,
+    )
+    .await;
+    eprintln!("recreated slot: requested resync took {:?}", started.elapsed());
+    let new = meta_of(&opts.state_dir, &opts.name);
+    assert!(matches!(
+        new.resync_status,
+        Some(ResyncStatus::Done { generation: 2, .. })
+    ));
+    let again = sandbox::resync::request(&opts.state_dir, &opts.name).await;
+    assert!(
+        matches!(again, Err(sandbox::SandboxError::NotStale { .. })),
+        "a current sandbox is not resynced: {again:?}"
+    );
     stop.cancel();
     task.await.expect("supervisor");
-
-    let started = Instant::now();
-    let lock = sandbox::SandboxLock::acquire(&opts.state_dir, &opts.name)
-        .await
-        .expect("lock");
-    let new = sandbox::resync::resync(&opts.state_dir, &opts.name, &quiet)
-        .await
-        .expect("resync");
-    drop(lock);
-    eprintln!("recreated slot: manual resync took {:?}", started.elapsed());
-    assert_eq!(new.generation, 2);
     let written = writer.stop().await.expect("writer");
     assert!(written > 100, "{written}");
     parity_then_nothing_left(&source, &opts.state_dir, &opts.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_source_without_our_slot_is_a_gap_and_the_resync_follows_it() {
+    let root = TempRoot::new("moved");
+    let old = sample_source(&root, 2_000).await;
+    let opts = create_options(&root, &old, "moved", Replicate::Publication("shop_pub".into()));
+    let first = sandbox::create(&opts, &quiet).await.expect("create");
+    let (stop, _metrics, task) = supervise(&opts.state_dir);
+    // The source moves (a failover to a server that does not have our slot, as PostgreSQL 15's standbys do not):
+    // another server, with other data, and its connection string given to the sandbox.
+    let new = SourceServer::start(&root.path().join("new-source"), "shop", &[])
+        .await
+        .expect("new source");
+    new.load_sample(3_000, "shop_pub").await.expect("sample");
+    let writer = Writer::start(new.admin().await.expect("writer"), 100);
+    let started = Instant::now();
+    sandbox::set_source(&opts.state_dir, &opts.name, &new.replicator_conninfo())
+        .await
+        .expect("a new source is taken");
+    let stale = meta_of(&opts.state_dir, &opts.name);
+    assert_eq!(
+        stale.phase,
+        SandboxState::Stale,
+        "at once: nothing is applied from a source without our slot"
+    );
+    assert!(
+        matches!(stale.stale_reason, Some(StaleReason::Gap(Gap::SlotMissing { .. }))),
+        "{:?}",
+        stale.stale_reason
+    );
+    // Our slot on the old server, which still answers, is dropped: nobody would read it again.
+    assert_eq!(
+        our_objects(&old).await.0,
+        Vec::<String>::new(),
+        "the old source keeps no slot of ours"
+    );
+    let healed = until_meta(
+        &opts.state_dir,
+        &opts.name,
+        Duration::from_secs(90),
+        "generation 2, from the new source",
+        |m| m.generation == 2 && m.phase == SandboxState::Ready,
+    )
+    .await;
+    eprintln!(
+        "moved source: resynced from the new source {:?} after the switch",
+        started.elapsed()
+    );
+    let _ = healed;
+    assert_eq!(first.generation, 1);
+    stop.cancel();
+    task.await.expect("supervisor");
+    let written = writer.stop().await.expect("writer");
+    assert!(written > 100, "{written}");
+    parity_then_nothing_left(&new, &opts.state_dir, &opts.name).await;
 }
 
 /// The value of the metric line that starts with `series` (name and labels), if any.

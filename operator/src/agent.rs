@@ -179,6 +179,13 @@ impl AgentClient {
         .map(|_| ())
     }
 
+    /// Asks the agent to resync stale sandbox `name`.
+    pub async fn resync(&self, name: &str) -> Result<(), AgentError> {
+        self.send(self.http.post(self.url(&format!("/v1/sandboxes/{name}/resync"))))
+            .await
+            .map(|_| ())
+    }
+
     /// Deletes sandbox `name` and what it holds on the source.
     pub async fn delete_sandbox(&self, name: &str) -> Result<(), AgentError> {
         match self

@@ -4,7 +4,8 @@
 //! over NULL rows fails with the exact count; `CREATE INDEX CONCURRENTLY` passes with no blocked writes; a
 //! scheduled DryRun shows its next runs and runs at its time; the operator killed mid-run and restarted ends in a
 //! consistent status with no fork or slot left, and serves each DryRun's verdict again on `/metrics`; deleting
-//! everything leaves nothing on the source and nothing in the namespace but what the user made. With the `otlp`
+//! a dropped slot makes the Sandbox Stale and, with policy manual, the annotation `understudy.dev/resync` has it
+//! rebuilt, Ready again with parity; deleting everything leaves nothing on the source and nothing in the namespace but what the user made. With the `otlp`
 //! feature, a run is one trace in an OTLP receiver: the reconcile that started it, the agent's run, its phases.
 
 use std::time::{Duration, Instant};
@@ -166,7 +167,7 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
 
     // A Secret and a Sandbox: Ready, with parity.
     apply_secret(&cluster, &source.replicator_conninfo()).await;
-    apply(&cluster, "sandbox", "apiVersion: understudy.dev/v1alpha1\nkind: Sandbox\nmetadata:\n  name: shop\nspec:\n  source:\n    secretRef:\n      name: production\n  publication: shop_pub\n  walBudget: 1GiB\n").await;
+    apply(&cluster, "sandbox", "apiVersion: understudy.dev/v1alpha1\nkind: Sandbox\nmetadata:\n  name: shop\nspec:\n  source:\n    secretRef:\n      name: production\n  publication: shop_pub\n  walBudget: 1GiB\n  resync: manual\n").await;
     let sbx = wait_for(
         &cluster,
         "Sandbox shop to be Ready",
@@ -379,6 +380,90 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
     operator_metrics(metrics_port, &verdicts).await;
     assert!(understudy::fork::list(&state).is_empty(), "forks left in the agent");
     assert_eq!(capture_slots(&meta).await, 0, "capture slots left on the sandbox");
+
+    // The slot dropped behind the sandbox's back: Stale with the reason; policy manual waits until the
+    // annotation asks, then the agent builds the next copy and the Sandbox is Ready again, with parity.
+    writer.pause().await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'understudy_shop' \
+             AND active_pid IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("end the walsender");
+    wait_for(
+        &cluster,
+        "the slot to be dropped",
+        Duration::from_secs(30),
+        async || {
+            admin
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = 'understudy_shop' AND NOT active",
+                    &[],
+                )
+                .await
+                .ok()
+                .filter(|n| *n == 1)
+        },
+    )
+    .await;
+    writer.resume();
+    let stale = wait_for(
+        &cluster,
+        "the Sandbox to be Stale",
+        Duration::from_secs(60),
+        async || {
+            sandboxes.get_opt("shop").await.ok().flatten().filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stale" && c.status == "True"))
+            })
+        },
+    )
+    .await;
+    let st = stale.status.clone().expect("status");
+    assert!(st.stale_reason.as_deref().is_some_and(|r| r.contains("slot")), "{st:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = sandboxes.get("shop").await.expect("Sandbox").status.expect("status");
+    assert_eq!(
+        waiting.copy_generation,
+        Some(1),
+        "policy manual: not rebuilt unasked: {waiting:?}"
+    );
+    cluster
+        .kubectl(&["annotate", "sandbox", "shop", "understudy.dev/resync=1", "--overwrite"])
+        .await
+        .expect("kubectl annotate");
+    let healed = Instant::now();
+    let resynced = wait_for(
+        &cluster,
+        "the resynced Sandbox to be Ready",
+        Duration::from_secs(180),
+        async || {
+            sandboxes
+                .get_opt("shop")
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| ready(s) && s.status.as_ref().is_some_and(|st| st.copy_generation == Some(2)))
+        },
+    )
+    .await;
+    let st = resynced.status.clone().expect("status");
+    assert_eq!(st.resync_request.as_deref(), Some("1"), "{st:?}");
+    eprintln!(
+        "e2e: the annotated Sandbox was Ready again {:?} after the request",
+        healed.elapsed()
+    );
+    let meta = SandboxMeta::load(&state.sandbox_dir(&understudy::source::SandboxName::parse("shop").expect("name")))
+        .expect("the new generation's metadata");
+    assert_eq!(meta.generation, 2);
+    writer.pause().await;
+    wait_caught_up(&source, &meta).await;
+    assert_parity(&source, &meta, &sample_tables()).await;
+    writer.resume();
 
     // Deleting both leaves nothing on the source and nothing in the namespace but what the user made.
     for name in ["not-null", "index", "nightly", "slow"] {

@@ -6,10 +6,16 @@ use std::path::{Path, PathBuf};
 use understudy::pg::cluster::{Cluster, ClusterConfig, free_port};
 use understudy::pg::os_user::RunAs;
 use understudy::pg::{ConnInfo, PgBinaries, PgError, quote_ident, quote_literal};
+use understudy::source::SandboxName;
+use understudy::source::setup::{Published, SetupSql};
 
 /// The least-privilege role the demo and tests replicate with.
 pub const REPLICATOR: &str = "understudy_replicator";
 pub const REPLICATOR_PASSWORD: &str = "replicator-secret-0f9a";
+
+/// The copy workers the fixtures' role is sized for: its connection limit is this and setup-sql's extra four,
+/// room for a test's few sandboxes on one source.
+pub const FIXTURE_JOBS: usize = 12;
 
 /// A running source cluster with its database.
 pub struct SourceServer {
@@ -52,14 +58,27 @@ impl SourceServer {
                 .await
                 .map_err(PgError::sql("creating the source database"))?;
         }
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {} LOGIN REPLICATION PASSWORD {}",
-                quote_ident(REPLICATOR),
-                quote_literal(REPLICATOR_PASSWORD)
-            ))
+        // The replication role is made as a DBA makes it: by `understudy source setup-sql`'s statements (a LOGIN
+        // REPLICATION role with a connection limit and read grants on `public`, today's tables and later ones).
+        let setup = SetupSql {
+            sandbox: SandboxName::parse("fixture").map_err(|e| PgError::Config(e.to_string()))?,
+            role: REPLICATOR.into(),
+            database: database.into(),
+            published: Published::Schemas(vec!["public".into()]),
+            jobs: FIXTURE_JOBS,
+        };
+        let script = setup.role_and_grants().map_err(|e| PgError::Config(e.to_string()))?;
+        let db = server.admin().await?;
+        db.batch_execute(&script)
             .await
-            .map_err(PgError::sql("creating the replication role"))?;
+            .map_err(PgError::sql("creating the replication role (setup-sql)"))?;
+        db.batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            quote_ident(REPLICATOR),
+            quote_literal(REPLICATOR_PASSWORD)
+        ))
+        .await
+        .map_err(PgError::sql("setting the replication role's password"))?;
         Ok(server)
     }
 

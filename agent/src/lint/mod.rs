@@ -34,7 +34,7 @@ pub fn lint(sql: &str, pg_major: u32) -> Vec<LintHit> {
         .into_iter()
         .map(|v| {
             let offset = u32::from(v.text_range.start()) as usize;
-            let (line, column) = position(sql, offset);
+            let (line, column) = crate::migrate::syntax::position(sql, offset);
             LintHit {
                 rule: v.code.to_string(),
                 message: v.message,
@@ -46,18 +46,6 @@ pub fn lint(sql: &str, pg_major: u32) -> Vec<LintHit> {
         .collect();
     hits.sort_by_key(|h| (h.line, h.column));
     hits
-}
-
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..text
-        .char_indices()
-        .map(|(i, _)| i)
-        .take_while(|i| *i <= offset)
-        .last()
-        .unwrap_or(0)];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod run;
 pub mod split;
+pub mod syntax;
 
 pub use run::{MigrationOutcome, StatementOutcome, run};
 pub use split::{SplitError, Statement, split};
@@ -66,6 +67,12 @@ pub enum PlanError {
     Split(#[from] SplitError),
     #[error("the migration has no statement")]
     Empty,
+    #[error("line {line}, column {column}: syntax error: {message}; fix the statement (nothing was forked)")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error(
         "line {line}: {sql:?} cannot run inside a transaction block; remove --single-transaction or the surrounding BEGIN"
     )]
@@ -85,6 +92,13 @@ impl Plan {
         let statements = split(text)?;
         if statements.is_empty() {
             return Err(PlanError::Empty);
+        }
+        if let Some(e) = syntax::syntax_errors(text).into_iter().next() {
+            return Err(PlanError::Syntax {
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            });
         }
         let mut open = single_transaction;
         for s in &statements {
@@ -206,6 +220,13 @@ mod tests {
             .is_ok()
         );
         assert_eq!(Plan::parse("-- nothing\n", false), Err(PlanError::Empty));
+        let err = Plan::parse(
+            "ALTER TABLE t ADD COLUMN c int;\nALTER TABLE t ADD COLUM d int;\n",
+            false,
+        )
+        .expect_err("a typo");
+        assert!(matches!(err, PlanError::Syntax { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("fix the statement"), "{err}");
     }
 
     #[test]

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::state::{self, InitialCopy, ResyncPolicy, SandboxMeta, SandboxState, StateDir};
-use super::{SandboxError, copy, delete, sandbox_cluster_config, schema, sequences};
+use super::{SandboxError, copy, delete, sandbox_cluster_config, schema, sequences, space};
 use crate::lsn::Lsn;
 use crate::pg::cluster::Cluster;
 use crate::pg::connect::connect_source;
 use crate::pg::os_user::RunAs;
 use crate::pg::tools::{ExportedSlot, Section};
-use crate::pg::{ConnInfo, PgBinaries, PgError, quote_ident, quote_literal};
+use crate::pg::{ConnInfo, PgBinaries, PgError, QualifiedName, quote_ident, quote_literal};
 use crate::progress::{Progress, human_bytes};
 use crate::source::identity::{self, SourceMark};
 use crate::source::{self, Replicate, SandboxName, catalog, objects};
@@ -88,6 +88,8 @@ pub(crate) async fn check(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> 
         checked.tables.len(),
         checked.role
     ));
+    let table_bytes = source_table_bytes(&client, &checked.tables).await?;
+    space::check(opts.state_dir.root(), table_bytes)?;
     let database: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -163,12 +165,13 @@ impl Prepared {
         let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
         if let Err(e) = saved {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
+            return Err(out_of_space(e, opts));
         }
         let result = make(opts, &bins, run_as, &client, &checked, &mut meta, &dir, say).await;
         match result {
             Ok(()) => Ok(meta),
             Err(err) => {
+                let err = out_of_space(err, opts);
                 say(&format!("sandbox create failed; removing what it created: {err}"));
                 let cleanup = if generation == 1 {
                     delete::delete(&opts.state_dir, &opts.name, None, false).await.map(drop)
@@ -182,6 +185,32 @@ impl Prepared {
             }
         }
     }
+}
+
+/// `err` as the state directory running out of space, when it is that.
+fn out_of_space(err: SandboxError, opts: &CreateOptions) -> SandboxError {
+    match space::explain(&err.to_string(), opts.state_dir.root()) {
+        Some(full) => SandboxError::NoSpace(full),
+        None => err,
+    }
+}
+
+/// What the tables to copy take on the source, with their indexes and TOAST (tables a publication made by the
+/// create will add later count as 0 here).
+async fn source_table_bytes(client: &tokio_postgres::Client, tables: &[QualifiedName]) -> Result<u64, SandboxError> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let bytes: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(PgError::sql("reading the published tables' sizes"))?
+        .get(0);
+    Ok(u64::try_from(bytes).unwrap_or(0))
 }
 
 #[allow(clippy::too_many_arguments)]

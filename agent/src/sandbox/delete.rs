@@ -163,7 +163,7 @@ pub(crate) fn remove_generation(meta: &SandboxMeta, dir: &std::path::Path) -> Re
     }
     if dir
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with(super::resync::GENERATION_PREFIX))
+        .is_some_and(|n| n.to_string_lossy().starts_with(super::state::GENERATION_PREFIX))
     {
         std::fs::remove_dir_all(dir).map_err(|e| SandboxError::io(format!("removing {}", dir.display()), e))?;
     }

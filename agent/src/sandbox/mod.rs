@@ -15,6 +15,7 @@ pub mod resync;
 pub mod schema;
 pub mod sequences;
 pub mod source;
+pub mod space;
 pub mod state;
 pub mod status;
 
@@ -60,7 +61,10 @@ pub enum SandboxError {
     #[error(
         "{0}; check the source connection string (host, port, database, credentials) and that this machine can reach it"
     )]
-    SourceUnreachable(#[source] PgError),
+    // Not a `#[source]`: the message has it already, and a chain printed whole would say it twice.
+    SourceUnreachable(PgError),
+    #[error(transparent)]
+    NoSpace(#[from] space::NoSpace),
     #[error("corrupt sandbox metadata: {0}")]
     Corrupt(String),
     #[error(
@@ -78,9 +82,10 @@ impl crate::error::Classify for SandboxError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            SandboxError::Name(_) | SandboxError::Preflight(_) | SandboxError::SourceUnreachable(_) => {
-                ErrorKind::Invalid
-            }
+            SandboxError::Name(_)
+            | SandboxError::Preflight(_)
+            | SandboxError::SourceUnreachable(_)
+            | SandboxError::NoSpace(_) => ErrorKind::Invalid,
             SandboxError::Pg(e) => e.kind(),
             SandboxError::NotFound { .. } => ErrorKind::NotFound,
             SandboxError::Exists { .. } | SandboxError::NotStale { .. } => ErrorKind::Conflict,

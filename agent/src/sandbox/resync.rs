@@ -15,14 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::create::{self, CreateOptions};
-use super::state::{self, ResyncPolicy, ResyncStatus, SandboxMeta, SandboxState, StaleReason, StateDir};
+use super::state::{
+    self, GENERATION_PREFIX, ResyncPolicy, ResyncStatus, SandboxMeta, SandboxState, StaleReason, StateDir,
+};
 use super::{SandboxError, cluster_of, delete, follow};
 use crate::pg::connect::connect_source;
 use crate::pg::{ClusterStatus, PgError};
 use crate::source::{Replicate, SandboxName, objects};
-
-/// The directory name of a generation after the first: `gen-2`, `gen-3`, ...
-pub const GENERATION_PREFIX: &str = "gen-";
 
 /// How long a new generation may take to catch up with the source before the resync gives up (and retries).
 const CATCH_UP: Duration = Duration::from_secs(600);
@@ -41,14 +40,43 @@ pub fn retry_after(attempts: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << attempts.min(6)).min(300))
 }
 
-/// Whether the agent should resync `meta` now.
+/// Whether the agent should resync `meta` now: when asked, or by policy auto; a failed attempt waits for its
+/// backoff (an asked-for one too: it is retried until it succeeds); a build a killed agent left is taken up again.
 pub fn due(meta: &SandboxMeta, now: jiff::Timestamp) -> bool {
     meta.phase == SandboxState::Stale
-        && meta.resync == ResyncPolicy::Auto
         && match &meta.resync_status {
+            Some(ResyncStatus::Requested { .. } | ResyncStatus::Building { .. }) => true,
             Some(ResyncStatus::WaitingForSource { next_at, .. }) => now >= *next_at,
-            _ => true,
+            Some(ResyncStatus::WaitingForRequest) => false,
+            None | Some(ResyncStatus::Done { .. }) => meta.resync == ResyncPolicy::Auto,
         }
+}
+
+/// Asks the agent to resync stale sandbox `name` (whatever its policy) on its next pass; returns the metadata
+/// with the request recorded. A resync already under way is left as it is.
+pub async fn request(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxMeta, SandboxError> {
+    let dir = state_dir.sandbox_dir(name);
+    if !dir.exists() {
+        return Err(SandboxError::NotFound {
+            name: name.to_string(),
+            state_dir: state_dir.root().to_path_buf(),
+        });
+    }
+    let _lock = super::SandboxLock::acquire(state_dir, name).await?;
+    let mut meta = SandboxMeta::load(&dir)?;
+    if meta.phase != SandboxState::Stale {
+        return Err(SandboxError::NotStale {
+            name: name.to_string(),
+            phase: meta.phase,
+        });
+    }
+    if !meta.resync_status.as_ref().is_some_and(ResyncStatus::in_progress) {
+        meta.resync_status = Some(ResyncStatus::Requested {
+            at: jiff::Timestamp::now(),
+        });
+        meta.save(&dir)?;
+    }
+    Ok(meta)
 }
 
 /// Records that a resync is waiting (for the source, or after a failed attempt).

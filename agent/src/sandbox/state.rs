@@ -148,6 +148,7 @@ impl ResyncStatus {
     pub fn describe(&self) -> String {
         match self {
             ResyncStatus::WaitingForRequest => "waiting for `understudy sandbox resync` (policy manual)".into(),
+            ResyncStatus::Requested { at } => format!("requested at {at}; the agent rebuilds it on its next pass"),
             ResyncStatus::WaitingForSource {
                 reason,
                 attempts,
@@ -169,7 +170,7 @@ impl ResyncStatus {
     pub fn in_progress(&self) -> bool {
         matches!(
             self,
-            ResyncStatus::WaitingForSource { .. } | ResyncStatus::Building { .. }
+            ResyncStatus::Requested { .. } | ResyncStatus::WaitingForSource { .. } | ResyncStatus::Building { .. }
         )
     }
 }
@@ -185,12 +186,17 @@ impl std::str::FromStr for ResyncPolicy {
     }
 }
 
+/// The directory prefix of a sandbox's later generations (`gen-2`, …) beside its first.
+pub const GENERATION_PREFIX: &str = "gen-";
+
 /// What the resync of a stale sandbox is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "phase")]
 pub enum ResyncStatus {
     /// Policy manual: nothing happens until asked.
     WaitingForRequest,
+    /// Asked for (`sandbox resync`, the API, the Sandbox's annotation): the agent rebuilds it on its next pass.
+    Requested { at: jiff::Timestamp },
     /// Waiting for the source to be healthy (or for the backoff after a failed attempt).
     WaitingForSource {
         reason: String,
@@ -326,13 +332,18 @@ impl SandboxMeta {
                                    `understudy sandbox status`)"
                 .to_string(),
             ResyncPolicy::Manual => format!(
-                "rebuild it: understudy sandbox resync {} (its resync policy is manual)",
-                self.name
+                "rebuild it: understudy sandbox resync {n}, or POST /v1/sandboxes/{n}/resync (its resync policy is \
+                 manual)",
+                n = self.name
             ),
         };
         self.record_error(reason.to_string(), fix);
         self.phase = SandboxState::Stale;
         self.stale_reason = Some(reason);
+        // A new episode: the last resync's outcome no longer describes it.
+        if !self.resync_status.as_ref().is_some_and(ResyncStatus::in_progress) {
+            self.resync_status = None;
+        }
     }
 
     /// The follower reached the source (`true`) or did not: opens or closes an outage.
@@ -388,4 +399,23 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| SandboxError::io(format!("setting the mode of {}", path.display()), e))
+}
+
+/// What the sandboxes of `state` own on their sources (for `sweep --source`): their recorded names, or the names
+/// a sandbox directory implies when its metadata cannot be read (never sweep what a sandbox here may own).
+pub fn owned_on_sources(state: &StateDir) -> crate::source::sweep::Owned {
+    let mut owned = crate::source::sweep::Owned::default();
+    for name in state.sandbox_names() {
+        match SandboxMeta::load(&state.sandbox_dir(&name)) {
+            Ok(meta) => {
+                owned.slots.insert(meta.slot);
+                owned.publications.insert(meta.publication);
+            }
+            Err(_) => {
+                owned.slots.insert(name.slot());
+                owned.publications.insert(name.publication());
+            }
+        }
+    }
+    owned
 }

@@ -40,6 +40,7 @@ pub fn router(app: App, token: Arc<Token>) -> Router {
         .route("/v1/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/v1/sandboxes/{name}", get(sandboxes::show).delete(sandboxes::delete))
         .route("/v1/sandboxes/{name}/source", axum::routing::put(sandboxes::set_source))
+        .route("/v1/sandboxes/{name}/resync", post(sandboxes::resync))
         .route("/v1/dryruns", get(dryruns::list).post(dryruns::start))
         .route("/v1/dryruns/{id}", get(dryruns::show).delete(dryruns::remove))
         .route("/v1/dryruns/{id}/events", get(dryruns::events))

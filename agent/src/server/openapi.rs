@@ -41,6 +41,7 @@ impl Modify for Bearer {
         sandboxes::show,
         sandboxes::delete,
         sandboxes::set_source,
+        sandboxes::resync,
         dryruns::list,
         dryruns::start,
         dryruns::show,

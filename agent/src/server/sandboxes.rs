@@ -407,3 +407,25 @@ pub async fn set_source(
     sandbox::set_source(&app.state, &name, &source).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Ask for a stale sandbox to be rebuilt (whatever its resync policy): the agent builds the next copy beside the
+/// stale one on its next pass and swaps it in when it is current; the sandbox's `resync` status follows it.
+#[utoipa::path(post, path = "/v1/sandboxes/{name}/resync", tag = "sandboxes",
+    params(("name" = String, Path, description = "The sandbox's name")),
+    responses(
+        (status = 202, description = "Requested (or already under way)", body = SandboxView),
+        (status = 401, description = "No or a wrong token", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "The sandbox is not stale", body = ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn resync(
+    State(app): State<App>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
+    let parsed = parse_name(&name)?;
+    sandbox::resync::request(&app.state, &parsed).await?;
+    app.supervisor.rescan();
+    let Json(view) = show(State(app), ApiPath(name)).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}

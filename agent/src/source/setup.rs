@@ -91,9 +91,37 @@ impl SetupSql {
 
     /// The script, for `psql -f`.
     pub fn render(&self) -> Result<String, SetupSqlError> {
+        let mut sql = self.role_and_grants()?;
+        let publication = quote_ident(&self.sandbox.publication());
+        let role = quote_ident(&self.role);
+        let mut line = |text: &str| {
+            sql.push_str(text);
+            sql.push('\n');
+        };
+        line("");
+        self.publication(&publication, &mut line);
+        line("");
+        line("-- 4. Its password, asked for here (never written in a file):");
+        line(&format!("\\password {role}"));
+        let mut next = String::new();
+        let _ = write!(
+            next,
+            "-- Then: understudy sandbox create {} --source 'host=... dbname={} user={}' --publication {} --jobs {}",
+            self.sandbox,
+            self.database,
+            self.role,
+            self.sandbox.publication(),
+            self.jobs
+        );
+        line(&next);
+        Ok(sql)
+    }
+
+    /// Steps 1 and 2 of the script: the role and its read grants (the test fixtures' replication role is made by
+    /// these statements).
+    pub fn role_and_grants(&self) -> Result<String, SetupSqlError> {
         self.check()?;
         let role = quote_ident(&self.role);
-        let publication = quote_ident(&self.sandbox.publication());
         let schemas: BTreeSet<&str> = match &self.published {
             Published::Tables(t) => t.iter().map(|t| t.schema.as_str()).collect(),
             Published::Schemas(s) => s.iter().map(String::as_str).collect(),
@@ -130,22 +158,6 @@ impl SetupSql {
             line(&format!("GRANT USAGE ON SCHEMA {} TO {role};", quote_ident(schema)));
         }
         self.grants(&role, &schemas, &mut line);
-        line("");
-        self.publication(&publication, &mut line);
-        line("");
-        line("-- 4. Its password, asked for here (never written in a file):");
-        line(&format!("\\password {role}"));
-        let mut next = String::new();
-        let _ = write!(
-            next,
-            "-- Then: understudy sandbox create {} --source 'host=... dbname={} user={}' --publication {} --jobs {}",
-            self.sandbox,
-            self.database,
-            self.role,
-            self.sandbox.publication(),
-            self.jobs
-        );
-        line(&next);
         Ok(sql)
     }
 
@@ -171,6 +183,13 @@ impl SetupSql {
                 "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {role};",
                 quote_ident(schema)
             ));
+            if matches!(self.published, Published::Schemas(_)) {
+                // The follower syncs the values of sequences created later too.
+                line(&format!(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON SEQUENCES TO {role};",
+                    quote_ident(schema)
+                ));
+            }
         }
     }
 

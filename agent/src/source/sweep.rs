@@ -52,27 +52,6 @@ pub struct Owned {
     pub publications: BTreeSet<String>,
 }
 
-impl Owned {
-    /// What the sandboxes of `state` own: their recorded names, or the names a sandbox directory implies when its
-    /// metadata cannot be read (never sweep what a sandbox here may own).
-    pub fn of(state: &crate::sandbox::StateDir) -> Owned {
-        let mut owned = Owned::default();
-        for name in state.sandbox_names() {
-            match crate::sandbox::SandboxMeta::load(&state.sandbox_dir(&name)) {
-                Ok(meta) => {
-                    owned.slots.insert(meta.slot);
-                    owned.publications.insert(meta.publication);
-                }
-                Err(_) => {
-                    owned.slots.insert(name.slot());
-                    owned.publications.insert(name.publication());
-                }
-            }
-        }
-        owned
-    }
-}
-
 fn like_prefix() -> String {
     format!("{}%", PREFIX.replace('_', "\\_"))
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use understudy::fork::orphans::{self, Orphan};
 use understudy::pg::connect::connect_source;
 use understudy::sandbox::StateDir;
-use understudy::source::sweep::{self as source_sweep, Abandoned, Owned, Removal};
+use understudy::source::sweep::{self as source_sweep, Abandoned, Removal};
 
 use crate::output::{self, Format};
 
@@ -44,7 +44,7 @@ pub async fn run(args: SweepArgs, state: StateDir) -> anyhow::Result<ExitCode> {
         Some(text) => Some(connect_source(&crate::commands::sandbox::source_from(text)?, "understudy-sweep").await?),
         None => None,
     };
-    let owned = Owned::of(&state);
+    let owned = understudy::sandbox::state::owned_on_sources(&state);
     if let Some(client) = &client {
         source = source_sweep::find(client, &owned).await?;
     }

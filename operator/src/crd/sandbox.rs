@@ -82,7 +82,8 @@ pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// When the stream from the source breaks (a gap, or the WAL budget breaker): `auto` rebuilds the sandbox
-    /// once the source is healthy, `manual` waits for `understudy sandbox resync` [default: auto].
+    /// once the source is healthy, `manual` waits to be asked: a new value of the annotation `understudy.dev/resync`
+    /// (`kubectl annotate sandbox NAME understudy.dev/resync="$(date +%s)" --overwrite`) [default: auto].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<Resync>,
 }
@@ -156,6 +157,9 @@ pub struct SandboxStatus {
     /// What the resync is doing, or what the last one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<String>,
+    /// The value of the `understudy.dev/resync` annotation last acted on (a new value asks for a resync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_request: Option<String>,
     /// The last time the agent could not reach the source, in seconds (the outage under way, or the last one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_outage_seconds: Option<f64>,

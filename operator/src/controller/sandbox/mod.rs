@@ -29,6 +29,9 @@ pub use status::{is_ready, source_hash, status_from};
 
 const CONTROLLER: &str = "sandbox";
 
+/// The annotation whose new value asks for a resync of a stale sandbox.
+pub const RESYNC_ANNOTATION: &str = "understudy.dev/resync";
+
 /// One span per reconcile (exported with the `otlp` feature); a run it starts on the agent is its child.
 #[tracing::instrument(name = "reconcile", skip_all, fields(controller = CONTROLLER, namespace = sbx.namespace().unwrap_or_default(), name = %sbx.name_any()))]
 pub async fn reconcile(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
@@ -164,7 +167,8 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    let status = status_from(sbx, &view, applied_hash);
+    let mut status = status_from(sbx, &view, applied_hash);
+    resync_if_asked(sbx, ctx, &agent, &view, &mut status).await;
     if sbx.status.as_ref() != Some(&status) {
         let was_ready = sbx.status.as_ref().is_some_and(is_ready);
         patch_status(ctx, sbx, &status).await?;
@@ -183,6 +187,42 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
     } else {
         Duration::from_secs(3)
     }))
+}
+
+/// A new value of the [`RESYNC_ANNOTATION`] asks the agent to resync the sandbox (what policy `manual` waits
+/// for); the value acted on is kept in the status, so that each value asks once.
+async fn resync_if_asked(
+    sbx: &Sandbox,
+    ctx: &Context,
+    agent: &crate::agent::AgentClient,
+    view: &understudy::server::sandboxes::SandboxView,
+    status: &mut crate::crd::SandboxStatus,
+) {
+    let Some(asked) = sbx.annotations().get(RESYNC_ANNOTATION) else {
+        return;
+    };
+    if status.resync_request.as_ref() == Some(asked) {
+        return;
+    }
+    let name = sbx.name_any();
+    if view.state != Some(understudy::sandbox::SandboxState::Stale) {
+        let message = format!("{RESYNC_ANNOTATION}={asked}: the sandbox is not stale, so it was not resynced");
+        ctx.event(sbx, EventType::Normal, "ResyncNotNeeded", message).await;
+        status.resync_request = Some(asked.clone());
+        return;
+    }
+    match agent.resync(&name).await {
+        Ok(()) => {
+            let message = format!("{RESYNC_ANNOTATION}={asked}: the agent rebuilds the sandbox");
+            ctx.event(sbx, EventType::Normal, "ResyncRequested", message).await;
+            status.resync_request = Some(asked.clone());
+        }
+        // Asked again on the next reconcile.
+        Err(e) => {
+            ctx.event(sbx, EventType::Warning, "ResyncRequestFailed", e.to_string())
+                .await
+        }
+    }
 }
 
 async fn create(sbx: &Sandbox, ctx: &Context, agent: &crate::agent::AgentClient, conninfo: &str) -> Result<Action> {
