@@ -271,7 +271,8 @@ async fn a_slot_recreated_under_our_name_is_a_gap_and_a_manual_resync_heals_it()
 async fn a_new_source_without_our_slot_is_a_gap_and_the_resync_follows_it() {
     let root = TempRoot::new("moved");
     let old = sample_source(&root, 2_000).await;
-    let opts = create_options(&root, &old, "moved", Replicate::Publication("shop_pub".into()));
+    let mut opts = create_options(&root, &old, "moved", Replicate::Publication("shop_pub".into()));
+    opts.resync = ResyncPolicy::Manual;
     let first = sandbox::create(&opts, &quiet).await.expect("create");
     let (stop, _metrics, task) = supervise(&opts.state_dir);
     // The source moves (a failover to a server that does not have our slot, as PostgreSQL 15's standbys do not):
@@ -301,6 +302,35 @@ async fn a_new_source_without_our_slot_is_a_gap_and_the_resync_follows_it() {
         our_objects(&old).await.0,
         Vec::<String>::new(),
         "the old source keeps no slot of ours"
+    );
+    // Policy manual: it waits. Then the policy turns auto (as a Sandbox's spec does), and the resync follows.
+    until_meta(
+        &opts.state_dir,
+        &opts.name,
+        Duration::from_secs(30),
+        "waiting for a request",
+        |m| m.resync_status == Some(ResyncStatus::WaitingForRequest),
+    )
+    .await;
+    let waiting = meta_of(&opts.state_dir, &opts.name);
+    assert!(
+        waiting
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.fix.contains("sandbox resync moved")),
+        "{:?}",
+        waiting.last_error
+    );
+    let auto = sandbox::resync::set_policy(&opts.state_dir, &opts.name, ResyncPolicy::Auto)
+        .await
+        .expect("policy auto");
+    assert_eq!(auto.resync, ResyncPolicy::Auto);
+    assert!(
+        auto.last_error
+            .as_ref()
+            .is_some_and(|e| e.fix.contains("the agent rebuilds")),
+        "the fix follows the policy: {:?}",
+        auto.last_error
     );
     let healed = until_meta(
         &opts.state_dir,

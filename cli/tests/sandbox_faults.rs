@@ -144,37 +144,46 @@ async fn delete_with_source_after_the_whole_sandbox_directory_is_gone() {
 }
 
 /// A create that fails after its slot exists on the source (here: the state directory's filesystem fills up
-/// during the load, which runs beside the server start, the schema dump and the slot creation) reports the
-/// failure and leaves nothing: no slot on the source, no sandbox directory, no server.
+/// once the slot is made, while the load, the server and the schema still need room; the space check before the
+/// create passed) reports the failure and leaves nothing: no slot on the source, no sandbox directory, no server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_failing_after_its_slot_exists_leaves_nothing_behind() {
     let root = TempRoot::new("fullcreate");
     let Some(mount) = LoopMount::new(root.path(), "ext4", 120) else {
         return;
     };
-    let source = sample_source(&root, 1_000_000).await;
-    let admin = source.admin().await.expect("admin");
-    let bytes: i64 = admin
-        .query_one("SELECT pg_database_size(current_database())", &[])
-        .await
-        .expect("size")
-        .get(0);
-    assert!(
-        bytes > 120 << 20,
-        "the source must not fit the 120 MiB filesystem: {bytes}"
-    );
+    let source = sample_source(&root, 50_000).await;
     let mut opts = create_options(&root, &source, "full", Replicate::Publication("shop_pub".into()));
     opts.state_dir = mount.state();
+    let filler = mount.dir.join("filler");
     let said = std::sync::Mutex::new(Vec::<String>::new());
-    let say = |line: &str| said.lock().expect("lines").push(line.to_string());
-    let err = sandbox::create(&opts, &say).await.expect_err("the load cannot fit");
+    let say = |line: &str| {
+        if line.contains("created slot understudy_full") {
+            fill(&filler);
+        }
+        said.lock().expect("lines").push(line.to_string());
+    };
+    let err = sandbox::create(&opts, &say).await.expect_err("the build cannot fit");
     let lines = said.lock().expect("lines").join("\n");
     assert!(
         lines.contains("created slot understudy_full"),
         "the failure must come after the slot exists: {lines}"
     );
-    assert!(err.to_string().contains("No space left"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("ran out of space") || text.contains("No space left"),
+        "{text}"
+    );
     assert_eq!(our_objects(&source).await, (vec![], vec![]));
     assert!(!opts.state_dir.sandbox_dir(&opts.name).exists());
     assert!(understudy::pg::cluster::postmasters_under(mount.dir.as_path()).is_empty());
+}
+
+/// Writes `path` until its filesystem is full (root's reserved blocks too, so the sandbox's server has none).
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 1 << 20];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
 }

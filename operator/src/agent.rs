@@ -179,6 +179,13 @@ impl AgentClient {
         .map(|_| ())
     }
 
+    /// Sets the resync policy (`auto`, `manual`) of sandbox `name`.
+    pub async fn set_resync_policy(&self, name: &str, policy: &str) -> Result<SandboxView, AgentError> {
+        let body = serde_json::json!({ "resync": policy });
+        self.json(self.http.patch(self.url(&format!("/v1/sandboxes/{name}"))).json(&body))
+            .await
+    }
+
     /// Asks the agent to resync stale sandbox `name`.
     pub async fn resync(&self, name: &str) -> Result<(), AgentError> {
         self.send(self.http.post(self.url(&format!("/v1/sandboxes/{name}/resync"))))

@@ -416,9 +416,9 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         Duration::from_secs(60),
         async || {
             sandboxes.get_opt("shop").await.ok().flatten().filter(|s| {
-                s.status
-                    .as_ref()
-                    .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Stale" && c.status == "True"))
+                s.status.as_ref().is_some_and(|st| {
+                    st.stale_reason.is_some() && st.conditions.iter().any(|c| c.type_ == "Stale" && c.status == "True")
+                })
             })
         },
     )
@@ -432,6 +432,7 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
         Some(1),
         "policy manual: not rebuilt unasked: {waiting:?}"
     );
+    assert_eq!(waiting.resync_policy.as_deref(), Some("manual"), "{waiting:?}");
     cluster
         .kubectl(&["annotate", "sandbox", "shop", "understudy.dev/resync=1", "--overwrite"])
         .await
@@ -464,6 +465,35 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
     wait_caught_up(&source, &meta).await;
     assert_parity(&source, &meta, &sample_tables()).await;
     writer.resume();
+    // A changed policy in the spec reaches the agent.
+    cluster
+        .kubectl(&[
+            "patch",
+            "sandbox",
+            "shop",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"resync":"auto"}}"#,
+        ])
+        .await
+        .expect("kubectl patch");
+    wait_for(
+        &cluster,
+        "the agent to apply policy auto",
+        Duration::from_secs(60),
+        async || {
+            sandboxes.get_opt("shop").await.ok().flatten().filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.resync_policy.as_deref() == Some("auto"))
+            })
+        },
+    )
+    .await;
+    let meta = SandboxMeta::load(&state.sandbox_dir(&understudy::source::SandboxName::parse("shop").expect("name")))
+        .expect("metadata");
+    assert_eq!(meta.resync, understudy::sandbox::state::ResyncPolicy::Auto);
 
     // Deleting both leaves nothing on the source and nothing in the namespace but what the user made.
     for name in ["not-null", "index", "nightly", "slow"] {

@@ -79,6 +79,41 @@ pub async fn request(state_dir: &StateDir, name: &SandboxName) -> Result<Sandbox
     Ok(meta)
 }
 
+/// Sets the resync policy of sandbox `name`; returns the metadata as saved. A stale sandbox that waited for a
+/// request under policy manual is resynced on the next pass once the policy is auto; switching to manual stops
+/// no attempt already asked for or under way.
+pub async fn set_policy(
+    state_dir: &StateDir,
+    name: &SandboxName,
+    policy: ResyncPolicy,
+) -> Result<SandboxMeta, SandboxError> {
+    let dir = state_dir.sandbox_dir(name);
+    if !dir.exists() {
+        return Err(SandboxError::NotFound {
+            name: name.to_string(),
+            state_dir: state_dir.root().to_path_buf(),
+        });
+    }
+    let _lock = super::SandboxLock::acquire(state_dir, name).await?;
+    let mut meta = SandboxMeta::load(&dir)?;
+    if meta.resync != policy {
+        apply_policy(&mut meta, policy);
+        meta.save(&dir)?;
+    }
+    Ok(meta)
+}
+
+fn apply_policy(meta: &mut SandboxMeta, policy: ResyncPolicy) {
+    meta.resync = policy;
+    if policy == ResyncPolicy::Auto && meta.resync_status == Some(ResyncStatus::WaitingForRequest) {
+        meta.resync_status = None;
+    }
+    // The stale error's fix names what the new policy calls for.
+    if let Some(reason) = meta.stale_reason.clone().filter(|_| meta.phase == SandboxState::Stale) {
+        meta.mark_stale(reason);
+    }
+}
+
 /// Records that a resync is waiting (for the source, or after a failed attempt).
 pub fn record_wait(meta: &mut SandboxMeta, reason: String, attempts: u32, wait: Duration) {
     let now = jiff::Timestamp::now();

@@ -38,7 +38,10 @@ pub struct App {
 pub fn router(app: App, token: Arc<Token>) -> Router {
     let api = Router::new()
         .route("/v1/sandboxes", get(sandboxes::list).post(sandboxes::create))
-        .route("/v1/sandboxes/{name}", get(sandboxes::show).delete(sandboxes::delete))
+        .route(
+            "/v1/sandboxes/{name}",
+            get(sandboxes::show).delete(sandboxes::delete).patch(sandboxes::update),
+        )
         .route("/v1/sandboxes/{name}/source", axum::routing::put(sandboxes::set_source))
         .route("/v1/sandboxes/{name}/resync", post(sandboxes::resync))
         .route("/v1/dryruns", get(dryruns::list).post(dryruns::start))

@@ -40,6 +40,7 @@ impl Modify for Bearer {
         sandboxes::create,
         sandboxes::show,
         sandboxes::delete,
+        sandboxes::update,
         sandboxes::set_source,
         sandboxes::resync,
         dryruns::list,

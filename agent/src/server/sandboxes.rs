@@ -414,6 +414,7 @@ pub async fn set_source(
     params(("name" = String, Path, description = "The sandbox's name")),
     responses(
         (status = 202, description = "Requested (or already under way)", body = SandboxView),
+        (status = 400, description = "Not a sandbox name", body = ErrorResponse),
         (status = 401, description = "No or a wrong token", body = ErrorResponse),
         (status = 404, description = "No such sandbox", body = ErrorResponse),
         (status = 409, description = "The sandbox is not stale", body = ErrorResponse),
@@ -428,4 +429,34 @@ pub async fn resync(
     app.supervisor.rescan();
     let Json(view) = show(State(app), ApiPath(name)).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// The body of `PATCH /v1/sandboxes/{name}`: the settings a sandbox may change after its creation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSandbox {
+    /// What happens when the sandbox goes stale: auto (rebuilt once the source is healthy) or manual.
+    pub resync: ResyncPolicy,
+}
+
+/// Change a sandbox's settings. A stale sandbox that waited for a request under policy manual is rebuilt on the
+/// agent's next pass once its policy is auto.
+#[utoipa::path(patch, path = "/v1/sandboxes/{name}", tag = "sandboxes", request_body = UpdateSandbox,
+    params(("name" = String, Path, description = "The sandbox's name")),
+    responses(
+        (status = 200, description = "Changed", body = SandboxView),
+        (status = 400, description = "Not a sandbox name, or an unknown setting or value", body = ErrorResponse),
+        (status = 401, description = "No or a wrong token", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+    ),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(app): State<App>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateSandbox>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let parsed = parse_name(&name)?;
+    sandbox::resync::set_policy(&app.state, &parsed, body.resync).await?;
+    app.supervisor.rescan();
+    show(State(app), ApiPath(name)).await
 }

@@ -157,6 +157,9 @@ pub struct SandboxStatus {
     /// What the resync is doing, or what the last one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<String>,
+    /// The resync policy the agent applies (`auto`, `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_policy: Option<String>,
     /// The value of the `understudy.dev/resync` annotation last acted on (a new value asks for a resync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync_request: Option<String>,

@@ -22,6 +22,7 @@ use super::{Context, FINALIZER, MANAGER, agent_for, condition, patch_status, rec
 use crate::agent::{AgentError, Replication};
 use crate::crd::Sandbox;
 use crate::{Error, Result, resources};
+use understudy::server::sandboxes::SandboxView;
 
 mod status;
 
@@ -167,6 +168,7 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
             }
         }
     }
+    let view = update_policy(sbx, ctx, &agent, view).await;
     let mut status = status_from(sbx, &view, applied_hash);
     resync_if_asked(sbx, ctx, &agent, &view, &mut status).await;
     if sbx.status.as_ref() != Some(&status) {
@@ -187,6 +189,34 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
     } else {
         Duration::from_secs(3)
     }))
+}
+
+/// A `resync` policy in the spec that the agent does not apply yet is given to it (an absent one stays as
+/// created); returns the agent's view after the change, or the old view with a warning event when it failed.
+async fn update_policy(
+    sbx: &Sandbox,
+    ctx: &Context,
+    agent: &crate::agent::AgentClient,
+    view: SandboxView,
+) -> SandboxView {
+    let (Some(wanted), Some(applied)) = (sbx.spec.resync, view.status.as_ref().map(|s| s.resync)) else {
+        return view;
+    };
+    if wanted.as_str() == applied.as_str() {
+        return view;
+    }
+    match agent.set_resync_policy(&view.name, wanted.as_str()).await {
+        Ok(updated) => {
+            let message = format!("the resync policy is now {}", wanted.as_str());
+            ctx.event(sbx, EventType::Normal, "ResyncPolicyUpdated", message).await;
+            updated
+        }
+        Err(e) => {
+            ctx.event(sbx, EventType::Warning, "ResyncPolicyUpdateFailed", e.to_string())
+                .await;
+            view
+        }
+    }
 }
 
 /// A new value of the [`RESYNC_ANNOTATION`] asks the agent to resync the sandbox (what policy `manual` waits

@@ -108,6 +108,7 @@ pub fn status_from(sbx: &Sandbox, view: &SandboxView, source_hash: Option<String
         copy_generation: st.map(|s| s.generation),
         stale_reason: st.and_then(|s| s.stale_reason.as_ref()).map(ToString::to_string),
         resync: resync.map(|r| r.describe()),
+        resync_policy: st.map(|s| s.resync.as_str().to_string()),
         source_outage_seconds: st.and_then(|s| s.source_outage_seconds.or(s.last_outage.as_ref().map(|o| o.seconds))),
         resync_request: sbx.status.as_ref().and_then(|s| s.resync_request.clone()),
     }
