@@ -55,15 +55,7 @@ pub fn due(meta: &SandboxMeta, now: jiff::Timestamp) -> bool {
 /// Asks the agent to resync stale sandbox `name` (whatever its policy) on its next pass; returns the metadata
 /// with the request recorded. A resync already under way is left as it is.
 pub async fn request(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxMeta, SandboxError> {
-    let dir = state_dir.sandbox_dir(name);
-    if !dir.exists() {
-        return Err(SandboxError::NotFound {
-            name: name.to_string(),
-            state_dir: state_dir.root().to_path_buf(),
-        });
-    }
-    let _lock = super::SandboxLock::acquire(state_dir, name).await?;
-    let mut meta = SandboxMeta::load(&dir)?;
+    let (_lock, dir, mut meta) = locked(state_dir, name).await?;
     if meta.phase != SandboxState::Stale {
         return Err(SandboxError::NotStale {
             name: name.to_string(),
@@ -87,15 +79,7 @@ pub async fn set_policy(
     name: &SandboxName,
     policy: ResyncPolicy,
 ) -> Result<SandboxMeta, SandboxError> {
-    let dir = state_dir.sandbox_dir(name);
-    if !dir.exists() {
-        return Err(SandboxError::NotFound {
-            name: name.to_string(),
-            state_dir: state_dir.root().to_path_buf(),
-        });
-    }
-    let _lock = super::SandboxLock::acquire(state_dir, name).await?;
-    let mut meta = SandboxMeta::load(&dir)?;
+    let (_lock, dir, mut meta) = locked(state_dir, name).await?;
     if meta.resync != policy {
         apply_policy(&mut meta, policy);
         meta.save(&dir)?;
@@ -112,6 +96,23 @@ fn apply_policy(meta: &mut SandboxMeta, policy: ResyncPolicy) {
     if let Some(reason) = meta.stale_reason.clone().filter(|_| meta.phase == SandboxState::Stale) {
         meta.mark_stale(reason);
     }
+}
+
+/// The metadata of sandbox `name`, read under its lock (held while the caller changes it).
+async fn locked(
+    state_dir: &StateDir,
+    name: &SandboxName,
+) -> Result<(super::SandboxLock, PathBuf, SandboxMeta), SandboxError> {
+    let dir = state_dir.sandbox_dir(name);
+    if !dir.exists() {
+        return Err(SandboxError::NotFound {
+            name: name.to_string(),
+            state_dir: state_dir.root().to_path_buf(),
+        });
+    }
+    let lock = super::SandboxLock::acquire(state_dir, name).await?;
+    let meta = SandboxMeta::load(&dir)?;
+    Ok((lock, dir, meta))
 }
 
 /// Records that a resync is waiting (for the source, or after a failed attempt).
