@@ -122,7 +122,9 @@ async fn assert_one_trace(
         async || {
             let spans: Vec<_> = receiver.spans().into_iter().filter(|s| s.trace_id == trace).collect();
             let has = |service: &str, name: &str| spans.iter().any(|s| s.service == service && s.name == name);
-            (has("understudy-operator", "reconcile") && has("understudy", "rollback")).then_some(spans)
+            // A parent span ends (and is exported) after its children: wait for the run's own span too.
+            (has("understudy-operator", "reconcile") && has("understudy", "rollback") && has("understudy", "agent_run"))
+                .then_some(spans)
         },
     )
     .await;
@@ -465,16 +467,16 @@ async fn sandboxes_and_dry_runs_through_kubectl() {
     wait_caught_up(&source, &meta).await;
     assert_parity(&source, &meta, &sample_tables()).await;
     writer.resume();
-    // A changed policy in the spec reaches the agent.
+    // A changed policy in the spec reaches the agent: without the field, the default (auto).
     cluster
         .kubectl(&[
             "patch",
             "sandbox",
             "shop",
             "--type",
-            "merge",
+            "json",
             "-p",
-            r#"{"spec":{"resync":"auto"}}"#,
+            r#"[{"op":"remove","path":"/spec/resync"}]"#,
         ])
         .await
         .expect("kubectl patch");

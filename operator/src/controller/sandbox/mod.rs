@@ -191,15 +191,16 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
     }))
 }
 
-/// A `resync` policy in the spec that the agent does not apply yet is given to it (an absent one stays as
-/// created); returns the agent's view after the change, or the old view with a warning event when it failed.
+/// A `resync` policy in the spec (absent means the default, auto) that the agent does not apply yet is given to
+/// it; returns the agent's view after the change, or the old view with a warning event when it failed.
 async fn update_policy(
     sbx: &Sandbox,
     ctx: &Context,
     agent: &crate::agent::AgentClient,
     view: SandboxView,
 ) -> SandboxView {
-    let (Some(wanted), Some(applied)) = (sbx.spec.resync, view.status.as_ref().map(|s| s.resync)) else {
+    let wanted = sbx.spec.resync.unwrap_or(crate::crd::sandbox::Resync::Auto);
+    let Some(applied) = view.status.as_ref().map(|s| s.resync) else {
         return view;
     };
     if wanted.as_str() == applied.as_str() {
