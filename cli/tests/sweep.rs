@@ -91,6 +91,12 @@ async fn sweep_lists_then_removes_only_what_nobody_owns() {
         .batch_execute("SELECT pg_create_logical_replication_slot('understudy_capture_ghost', 'pgoutput')")
         .await
         .expect("a stray capture slot");
+    // A fork's staging left by a process that is gone, and a fork directory without metadata (a fork's directory
+    // appears under its name only with its metadata).
+    let forks = state.root().join("forks");
+    let half = format!(".staging-kept-half.{dead}");
+    std::fs::create_dir_all(forks.join(&half).join("pgdata")).expect("a dead staging");
+    std::fs::create_dir(forks.join("kept-junk")).expect("a directory without metadata");
 
     let conninfo = source.cluster.conninfo("shop");
     let (ok, listed) = sweep(&state, &conninfo, &[]);
@@ -103,7 +109,12 @@ async fn sweep_lists_then_removes_only_what_nobody_owns() {
     );
     assert_eq!(
         named(&listed, "local"),
-        ["capture-slot understudy_capture_ghost", "fork kept-orphan"],
+        [
+            "capture-slot understudy_capture_ghost".to_string(),
+            "fork kept-orphan".into(),
+            format!("fork-files {half}"),
+            "fork-files kept-junk".into(),
+        ],
         "{listed}"
     );
     // A dry run removes nothing.
@@ -124,12 +135,18 @@ async fn sweep_lists_then_removes_only_what_nobody_owns() {
         (vec!["understudy_kept".to_string()], Vec::new())
     );
     assert!(fork::list(&state).is_empty(), "the orphan fork is gone");
-    let (_, again) = sweep(&state, &conninfo, &[]);
+    assert!(!forks.join(&half).exists() && !forks.join("kept-junk").exists());
+    // A fork being staged by a live process (this one) is left alone.
+    let staging = forks.join(format!(".staging-kept-new.{}", std::process::id()));
+    std::fs::create_dir(&staging).expect("a live staging");
+    let (_, again) = sweep(&state, &conninfo, &["--apply"]);
     assert_eq!(
         (named(&again, "source").len(), named(&again, "local").len()),
         (0, 0),
         "{again}"
     );
+    assert!(staging.exists(), "a live process's staging is kept");
+    std::fs::remove_dir(&staging).expect("remove the staging");
     let publications: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_publication WHERE pubname = 'understudy_lost'",

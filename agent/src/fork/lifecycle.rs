@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::Strategy;
-use super::meta::{ForkError, ForkMeta, ForkPhase, fork_dir, forks_dir, io};
+use super::meta::{ForkError, ForkMeta, ForkPhase, fork_dir, fork_dirs, io};
 use crate::pg::{PgError, quote_ident};
 use crate::sandbox::{PAUSE_LOCK, SandboxMeta, SandboxState, StateDir, cluster_of};
 use crate::source::SandboxName;
@@ -113,12 +113,7 @@ pub async fn delete(state: &StateDir, name: &SandboxName) -> Result<(), ForkErro
 
 /// Every fork's metadata.
 pub fn list(state: &StateDir) -> Vec<ForkMeta> {
-    let mut forks: Vec<ForkMeta> = std::fs::read_dir(forks_dir(state))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| ForkMeta::load(&e.path()).ok())
-        .collect();
+    let mut forks: Vec<ForkMeta> = fork_dirs(state).filter_map(|dir| ForkMeta::load(&dir).ok()).collect();
     forks.sort_by_key(|f| f.created_at);
     forks
 }
@@ -126,7 +121,6 @@ pub fn list(state: &StateDir) -> Vec<ForkMeta> {
 /// Why nobody owns fork `meta` any more (`None` while somebody does): its creation was interrupted, the run that
 /// owned it is gone, or it expired.
 pub fn abandoned(meta: &ForkMeta, now: jiff::Timestamp) -> Option<String> {
-    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     if meta.phase == ForkPhase::Creating && !alive(meta.creator_pid) {
         Some(format!(
             "its creation was interrupted (pid {} is gone)",
@@ -141,12 +135,16 @@ pub fn abandoned(meta: &ForkMeta, now: jiff::Timestamp) -> Option<String> {
     }
 }
 
+/// Whether process `pid` is alive.
+pub(super) fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Removes expired forks and forks whose creation was interrupted or whose run is gone; returns their names.
 pub async fn sweep(state: &StateDir) -> Result<Vec<String>, ForkError> {
     let now = jiff::Timestamp::now();
     let mut removed = Vec::new();
-    for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
-        let dir = entry.path();
+    for dir in fork_dirs(state) {
         let Ok(meta) = ForkMeta::load(&dir) else { continue };
         if abandoned(&meta, now).is_some() {
             remove(state, &meta, &dir).await?;

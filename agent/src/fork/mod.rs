@@ -133,16 +133,6 @@ async fn create_set(
     let mut set: Vec<(ForkMeta, PathBuf)> = Vec::new();
     for name in names {
         let dir = fork_dir(state, &name);
-        if let Err(e) = std::fs::create_dir(&dir) {
-            for (meta, dir) in &set {
-                let _ = remove(state, meta, dir).await;
-            }
-            return Err(ForkError::Io {
-                what: format!("creating {}", dir.display()),
-                source: e,
-            });
-        }
-        crate::sandbox::state::set_mode(&dir, 0o755)?;
         let meta = ForkMeta {
             name: name.clone(),
             sandbox: opts.sandbox.clone(),
@@ -166,7 +156,12 @@ async fn create_set(
                 .unwrap_or(now),
             timings: ForkTimings::default(),
         };
-        meta.save(&dir)?;
+        if let Err(e) = meta::create_dir_with(state, &dir, &meta) {
+            for (meta, dir) in &set {
+                let _ = remove(state, meta, dir).await;
+            }
+            return Err(e);
+        }
         say(&format!(
             "fork {name} of sandbox {}: strategy {} ({reason})",
             opts.sandbox,

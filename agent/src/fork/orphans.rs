@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::lifecycle::{abandoned, remove as remove_fork};
-use super::meta::{ForkError, ForkMeta, forks_dir, io};
+use super::lifecycle::{abandoned, alive, remove as remove_fork};
+use super::meta::{ForkError, ForkMeta, forks_dir, io, staging_pid};
 use crate::pg::PgError;
 use crate::sandbox::{SandboxMeta, StateDir, cluster_of};
 use crate::source::SandboxName;
@@ -56,10 +56,25 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
     let now = jiff::Timestamp::now();
     let mut found = Vec::new();
     let mut recorded = BTreeSet::new();
-    // A fork being made may not have readable metadata for a moment: its capture slot is not yet recorded.
+    // A fork being staged has not recorded its capture slot yet: capture slots are left alone meanwhile.
     let mut forming = false;
     for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
         let dir = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = staging_pid(&file_name) {
+            if alive(pid) {
+                forming = true;
+            } else {
+                found.push(Orphan {
+                    kind: LocalKind::ForkFiles,
+                    name: file_name,
+                    sandbox: None,
+                    why: format!("a fork's staging whose process (pid {pid}) is gone"),
+                    path: Some(dir),
+                });
+            }
+            continue;
+        }
         match ForkMeta::load(&dir) {
             Ok(meta) => {
                 recorded.insert(meta.capture_slot.clone());
@@ -73,11 +88,10 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
                     });
                 }
             }
-            // A fork being made has its metadata within moments of its directory: leave young ones alone.
-            Err(_) if !settled(&dir) => forming = true,
+            // A fork's directory appears with its metadata (it is staged), so one without it is not a fork.
             Err(_) => found.push(Orphan {
                 kind: LocalKind::ForkFiles,
-                name: entry.file_name().to_string_lossy().into_owned(),
+                name: file_name,
                 sandbox: None,
                 why: "no readable fork metadata".into(),
                 path: Some(dir),
@@ -98,15 +112,6 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
         }
     }
     Ok(found)
-}
-
-/// Whether `dir` was last changed over a minute ago.
-fn settled(dir: &std::path::Path) -> bool {
-    std::fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > std::time::Duration::from_secs(60))
 }
 
 /// The idle capture slots on sandbox `name` (none when its server is not running).
