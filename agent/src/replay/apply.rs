@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use super::capture::{Change, Transaction};
-use crate::pg::{quote_ident, quote_literal};
+use super::statement::{Builder, Param, Shaped};
+use crate::pg::quote_ident;
 use crate::pgoutput::{Relation, TupleData, Value};
 
 /// A change that cannot be turned into SQL, or SQL the fork refused.
@@ -50,57 +51,69 @@ impl Applier {
         self.relations.get(&oid).ok_or(ApplyError::UnknownRelation(oid))
     }
 
-    /// The SQL statement for one change.
+    /// The SQL statement for one change, with its values inlined as literals.
     pub fn statement(&self, change: &Change) -> Result<String, ApplyError> {
+        Ok(self.shaped(change)?.literal())
+    }
+
+    /// The statement for one change, with placeholders for its values (prepared once per shape).
+    pub fn shaped(&self, change: &Change) -> Result<Shaped, ApplyError> {
+        let mut b = Builder::default();
         match change {
             Change::Insert(i) => {
                 let rel = self.relation(i.relation)?;
-                let (cols, vals): (Vec<String>, Vec<String>) = rel
+                let written: Vec<(&str, Param)> = rel
                     .columns
                     .iter()
                     .zip(&i.new.values)
-                    .filter_map(|(c, v)| literal(v).map(|l| (quote_ident(&c.name), l)))
-                    .unzip();
-                Ok(format!(
-                    "INSERT INTO {} ({}) VALUES ({})",
-                    table(rel),
-                    cols.join(", "),
-                    vals.join(", ")
-                ))
+                    .filter_map(|(c, v)| param(v).map(|p| (c.name.as_str(), p)))
+                    .collect();
+                let cols: Vec<String> = written.iter().map(|(c, _)| quote_ident(c)).collect();
+                b.sql(&format!("INSERT INTO {} ({}) VALUES (", table(rel), cols.join(", ")));
+                for (n, (_, value)) in written.into_iter().enumerate() {
+                    b.sql(if n == 0 { "" } else { ", " }).param(value);
+                }
+                b.sql(")");
             }
             Change::Update(u) => {
                 let rel = self.relation(u.relation)?;
-                let sets: Vec<String> = rel
+                b.sql(&format!("UPDATE {} SET ", table(rel)));
+                let sets = rel
                     .columns
                     .iter()
                     .zip(&u.new.values)
-                    .filter_map(|(c, v)| literal(v).map(|l| format!("{} = {l}", quote_ident(&c.name))))
-                    .collect();
-                let filter = match &u.old {
-                    Some(old) => identity_filter(rel, old, u.old_is_full_row)?,
-                    None => identity_filter(rel, &u.new, false)?,
-                };
-                Ok(format!("UPDATE {} SET {} WHERE {filter}", table(rel), sets.join(", ")))
+                    .filter_map(|(c, v)| param(v).map(|p| (c, p)));
+                for (n, (c, value)) in sets.enumerate() {
+                    b.sql(&format!(
+                        "{}{} = ",
+                        if n == 0 { "" } else { ", " },
+                        quote_ident(&c.name)
+                    ))
+                    .param(value);
+                }
+                b.sql(" WHERE ");
+                match &u.old {
+                    Some(old) => identity_filter(&mut b, rel, old, u.old_is_full_row)?,
+                    None => identity_filter(&mut b, rel, &u.new, false)?,
+                }
             }
             Change::Delete(d) => {
                 let rel = self.relation(d.relation)?;
-                Ok(format!(
-                    "DELETE FROM {} WHERE {}",
-                    table(rel),
-                    identity_filter(rel, &d.old, d.old_is_full_row)?
-                ))
+                b.sql(&format!("DELETE FROM {} WHERE ", table(rel)));
+                identity_filter(&mut b, rel, &d.old, d.old_is_full_row)?;
             }
             Change::Truncate(t) => {
                 let names: Result<Vec<String>, ApplyError> =
                     t.relations.iter().map(|oid| self.relation(*oid).map(table)).collect();
-                Ok(format!(
+                b.sql(&format!(
                     "TRUNCATE {}{}{}",
                     names?.join(", "),
                     if t.restart_identity { " RESTART IDENTITY" } else { "" },
                     if t.cascade { " CASCADE" } else { "" }
-                ))
+                ));
             }
         }
+        Ok(b.build())
     }
 
     /// The whole transaction as one batch (`BEGIN; ...; COMMIT;`).
@@ -133,56 +146,43 @@ fn table(rel: &Relation) -> String {
     format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name))
 }
 
-fn literal(value: &Value) -> Option<String> {
+/// A column's value as a parameter (`None` for an unchanged TOASTed value, which is left out).
+fn param(value: &Value) -> Option<Param> {
     match value {
-        Value::Null => Some("NULL".into()),
+        Value::Null => Some(Param::Null),
         Value::UnchangedToast => None,
-        Value::Text(t) => Some(quote_literal(t)),
-        Value::Binary(b) => Some(format!(
-            "'\\x{}'",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )),
+        Value::Text(t) => Some(Param::Text(t.clone())),
+        Value::Binary(bytes) => Some(Param::Hex(bytes.iter().map(|x| format!("{x:02x}")).collect())),
     }
 }
 
 /// The WHERE clause that finds the row: by key columns (index-friendly), or for a full old row by every column's
 /// text form, limited to one physical row (duplicates are possible without a key).
-fn identity_filter(rel: &Relation, old: &TupleData, full_row: bool) -> Result<String, ApplyError> {
+fn identity_filter(b: &mut Builder, rel: &Relation, old: &TupleData, full_row: bool) -> Result<(), ApplyError> {
+    let columns = rel.columns.iter().zip(&old.values).filter(|(c, _)| full_row || c.key);
+    let mut conds = 0;
     if full_row {
-        let conds: Vec<String> = rel
-            .columns
-            .iter()
-            .zip(&old.values)
-            .filter_map(|(c, v)| match v {
-                Value::Null => Some(format!("{} IS NULL", quote_ident(&c.name))),
-                Value::UnchangedToast => None,
-                other => literal(other).map(|l| format!("{}::text = {l}", quote_ident(&c.name))),
-            })
-            .collect();
-        return Ok(format!(
-            "ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)",
-            table(rel),
-            conds.join(" AND ")
-        ));
+        b.sql(&format!("ctid = (SELECT ctid FROM {} WHERE ", table(rel)));
     }
-    let conds: Vec<String> = rel
-        .columns
-        .iter()
-        .zip(&old.values)
-        .filter(|(c, _)| c.key)
-        .filter_map(|(c, v)| match v {
-            Value::Null => Some(format!("{} IS NULL", quote_ident(&c.name))),
-            Value::UnchangedToast => None,
-            other => literal(other).map(|l| format!("{} = {l}", quote_ident(&c.name))),
-        })
-        .collect();
-    if conds.is_empty() {
+    for (c, v) in columns {
+        let Some(value) = param(v) else { continue };
+        b.sql(if conds == 0 { "" } else { " AND " });
+        conds += 1;
+        match value {
+            Param::Null => b.sql(&format!("{} IS NULL", quote_ident(&c.name))),
+            value if full_row => b.sql(&format!("{}::text = ", quote_ident(&c.name))).param(value),
+            value => b.sql(&format!("{} = ", quote_ident(&c.name))).param(value),
+        };
+    }
+    if full_row {
+        b.sql(" LIMIT 1)");
+    } else if conds == 0 {
         return Err(ApplyError::Shape(format!(
             "{} has no replica identity columns in the change",
             table(rel)
         )));
     }
-    Ok(conds.join(" AND "))
+    Ok(())
 }
 
 #[cfg(test)]

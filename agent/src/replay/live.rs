@@ -1,24 +1,22 @@
 //! Live replay: the capture slot is tailed on the sandbox (so the pace follows production live) and each
-//! transaction is applied to the fork by one of several worker sessions, in commit order per row: a transaction
-//! is dispatched only when no transaction in flight touches the same row (or, for TRUNCATE and tables without a
-//! key, the same table). A backlog that builds while a lock is held is applied as fast as the fork allows once it
-//! is released. Every transaction is timed; failures keep their table, statement kind and SQLSTATE.
+//! transaction is applied to the fork by one of several worker sessions, in commit order per row (module
+//! `dispatch`), each in one round trip (module `session`). A backlog that builds while a lock is held is applied
+//! as fast as the fork allows once it is released. Every transaction is timed; failures keep their table,
+//! statement kind and SQLSTATE.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::Client;
 
-use super::apply::Applier;
-use super::capture::{CaptureError, CaptureReader, Change, Transaction};
+use super::capture::CaptureReader;
+use super::dispatch::dispatch_loop;
+use super::record::Batch;
+pub use super::record::{ReplayError, WriteFailure, WriteKind, WriteRecord};
+use super::session::Session;
 use crate::lsn::Lsn;
-use crate::pg::PgError;
 use crate::pg::connect::connect_plain;
-use crate::pgoutput::{Relation, Value};
 
 /// Where to read and where to write.
 #[derive(Debug, Clone)]
@@ -32,80 +30,6 @@ pub struct LiveConfig {
     pub poll_interval: Duration,
 }
 
-/// A write that failed on the fork.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct WriteFailure {
-    pub table: String,
-    pub kind: WriteKind,
-    pub sqlstate: String,
-    pub message: String,
-    pub sample: String,
-}
-
-/// What a replayed write was: one of the transaction's changes, or its BEGIN or COMMIT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteKind {
-    Begin,
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    Commit,
-}
-
-impl WriteKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteKind::Begin => "begin",
-            WriteKind::Insert => "insert",
-            WriteKind::Update => "update",
-            WriteKind::Delete => "delete",
-            WriteKind::Truncate => "truncate",
-            WriteKind::Commit => "commit",
-        }
-    }
-}
-
-impl std::fmt::Display for WriteKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One replayed transaction.
-#[derive(Debug, Clone)]
-pub struct WriteRecord {
-    pub worker_pid: i32,
-    /// When the reader handed the transaction to the dispatcher (it waits from here while workers are busy).
-    pub queued: Instant,
-    pub start: Instant,
-    pub end: Instant,
-    /// How far behind production's commit the write finished on the fork.
-    pub lag: Duration,
-    pub changes: usize,
-    pub end_lsn: Lsn,
-    pub failure: Option<WriteFailure>,
-}
-
-impl WriteRecord {
-    pub fn latency(&self) -> Duration {
-        self.end - self.start
-    }
-}
-
-/// Errors that stop the replay (not write failures, which are records).
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    #[error(transparent)]
-    Capture(#[from] CaptureError),
-    #[error("replay task failed: {0}")]
-    Task(String),
-}
-
-/// A running replay.
 /// What the reader should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -144,6 +68,7 @@ impl<T> Drop for Task<T> {
     }
 }
 
+/// A running replay.
 pub struct LiveReplay {
     stop: watch::Sender<Signal>,
     reader: Task<Result<(), ReplayError>>,
@@ -156,27 +81,16 @@ pub struct LiveReplay {
     held: watch::Receiver<bool>,
 }
 
-type Batch = (Vec<Transaction>, HashMap<u32, Relation>, Instant);
-/// A row (relation, key values) or, with `None`, a whole table.
-type RowKey = (u32, Option<String>);
-type KeySet = HashSet<RowKey>;
-
 impl LiveReplay {
     /// Connects the reader (to the sandbox) and the workers (to the fork) and starts tailing.
     pub async fn start(config: &LiveConfig) -> Result<Self, ReplayError> {
         let reader_client = connect_plain(&config.sandbox_conninfo, "understudy-capture").await?;
         let mut workers = Vec::new();
-        let mut worker_pids = Vec::new();
         for _ in 0..config.workers.max(1) {
-            let c = connect_plain(&config.fork_conninfo, "understudy-replay").await?;
-            let pid: i32 = c
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await
-                .map_err(PgError::sql("replay worker"))?
-                .get(0);
-            worker_pids.push(pid);
-            workers.push((c, pid));
+            let client = connect_plain(&config.fork_conninfo, "understudy-replay").await?;
+            workers.push(Session::open(client).await?);
         }
+        let worker_pids = workers.iter().map(|w| w.pid).collect();
         let (stop, stop_rx) = watch::channel(Signal::Run);
         let (tx, rx) = mpsc::unbounded_channel::<Batch>();
         let records = Arc::new(Mutex::new(Vec::new()));
@@ -307,269 +221,4 @@ async fn read_loop(
             }
         }
     }
-}
-
-/// Row identities a transaction touches: `(relation, Some(key))` for a row, `(relation, None)` for the table.
-fn keys(tx: &Transaction, relations: &HashMap<u32, Relation>) -> KeySet {
-    let mut out = HashSet::new();
-    let key_of = |rel: u32, values: &[Value]| -> (u32, Option<String>) {
-        match relations.get(&rel) {
-            Some(r) if r.columns.iter().any(|c| c.key) => {
-                let k: Vec<String> = r
-                    .columns
-                    .iter()
-                    .zip(values)
-                    .filter(|(c, _)| c.key)
-                    .map(|(_, v)| match v {
-                        Value::Text(t) => t.clone(),
-                        Value::Null => "\u{0}".into(),
-                        _ => "?".into(),
-                    })
-                    .collect();
-                (rel, Some(k.join("\u{1}")))
-            }
-            _ => (rel, None),
-        }
-    };
-    for change in &tx.changes {
-        match change {
-            Change::Insert(i) => {
-                out.insert(key_of(i.relation, &i.new.values));
-            }
-            Change::Update(u) => {
-                out.insert(key_of(u.relation, &u.new.values));
-                if let Some(old) = &u.old {
-                    out.insert(key_of(u.relation, &old.values));
-                }
-            }
-            Change::Delete(d) => {
-                out.insert(key_of(d.relation, &d.old.values));
-            }
-            Change::Truncate(t) => {
-                for r in &t.relations {
-                    out.insert((*r, None));
-                }
-            }
-        }
-    }
-    out
-}
-
-fn conflicts(keys: &KeySet, inflight: &HashMap<RowKey, usize>) -> bool {
-    keys.iter().any(|k| {
-        inflight.contains_key(k)
-            || inflight.contains_key(&(k.0, None))
-            || (k.1.is_none() && inflight.keys().any(|i| i.0 == k.0))
-    })
-}
-
-struct Job {
-    statements: Vec<(String, String, WriteKind)>,
-    render_error: Option<WriteFailure>,
-    commit_time: i64,
-    end_lsn: Lsn,
-    changes: usize,
-    queued: Instant,
-}
-
-struct Done {
-    worker: usize,
-    keys: KeySet,
-    record: WriteRecord,
-}
-
-async fn dispatch_loop(
-    mut rx: mpsc::UnboundedReceiver<Batch>,
-    workers: Vec<(Client, i32)>,
-    records: Arc<Mutex<Vec<WriteRecord>>>,
-    backlog: Arc<Mutex<usize>>,
-) -> Result<(), ReplayError> {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut senders = Vec::new();
-    let mut handles = Vec::new();
-    for (index, (client, pid)) in workers.into_iter().enumerate() {
-        let (job_tx, job_rx) = mpsc::unbounded_channel::<(Job, KeySet)>();
-        senders.push(job_tx);
-        handles.push(tokio::spawn(worker_loop(index, client, pid, job_rx, done_tx.clone())));
-    }
-    drop(done_tx);
-    let mut free: VecDeque<usize> = (0..senders.len()).collect();
-    let mut inflight: HashMap<RowKey, usize> = HashMap::new();
-    let mut applier = Applier::default();
-    let finish = |done: Done, free: &mut VecDeque<usize>, inflight: &mut HashMap<RowKey, usize>| {
-        for k in &done.keys {
-            if let Some(n) = inflight.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    inflight.remove(k);
-                }
-            }
-        }
-        free.push_back(done.worker);
-        if let Ok(mut b) = backlog.lock() {
-            *b = b.saturating_sub(1);
-        }
-        if let Ok(mut r) = records.lock() {
-            r.push(done.record);
-        }
-    };
-    while let Some((batch, relations, read_at)) = rx.recv().await {
-        applier.update_relations(&relations);
-        for tx in batch {
-            let k = keys(&tx, &relations);
-            while free.is_empty() || conflicts(&k, &inflight) {
-                match done_rx.recv().await {
-                    Some(done) => finish(done, &mut free, &mut inflight),
-                    None => return Err(ReplayError::Task("every replay worker stopped".into())),
-                }
-            }
-            let mut statements = Vec::new();
-            let mut render_error = None;
-            for change in &tx.changes {
-                let (table, kind) = describe_change(change, &relations);
-                match applier.statement(change) {
-                    Ok(sql) => statements.push((sql, table, kind)),
-                    Err(e) => {
-                        render_error = Some(WriteFailure {
-                            table,
-                            kind,
-                            sqlstate: String::new(),
-                            message: e.to_string(),
-                            sample: String::new(),
-                        });
-                        break;
-                    }
-                }
-            }
-            let job = Job {
-                statements,
-                render_error,
-                commit_time: tx.commit_time,
-                end_lsn: tx.end_lsn,
-                changes: tx.changes.len(),
-                queued: read_at,
-            };
-            for key in &k {
-                *inflight.entry(key.clone()).or_default() += 1;
-            }
-            let Some(worker) = free.pop_front() else { continue };
-            if senders[worker].send((job, k)).is_err() {
-                return Err(ReplayError::Task("a replay worker stopped".into()));
-            }
-        }
-    }
-    drop(senders);
-    while let Some(done) = done_rx.recv().await {
-        finish(done, &mut free, &mut inflight);
-    }
-    for h in handles {
-        let _ = h.await;
-    }
-    Ok(())
-}
-
-fn describe_change(change: &Change, relations: &HashMap<u32, Relation>) -> (String, WriteKind) {
-    let name = |oid: u32| {
-        relations
-            .get(&oid)
-            .map(|r| format!("{}.{}", r.namespace, r.name))
-            .unwrap_or_else(|| format!("oid {oid}"))
-    };
-    match change {
-        Change::Insert(i) => (name(i.relation), WriteKind::Insert),
-        Change::Update(u) => (name(u.relation), WriteKind::Update),
-        Change::Delete(d) => (name(d.relation), WriteKind::Delete),
-        Change::Truncate(t) => (
-            t.relations.first().map(|r| name(*r)).unwrap_or_default(),
-            WriteKind::Truncate,
-        ),
-    }
-}
-
-/// Microseconds since 2000-01-01 (PostgreSQL's epoch) → time since that commit.
-fn since_commit(commit_time: i64) -> Duration {
-    let unix_micros = commit_time + 946_684_800_000_000;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    Duration::from_micros(now.saturating_sub(unix_micros).max(0) as u64)
-}
-
-async fn worker_loop(
-    index: usize,
-    client: Client,
-    pid: i32,
-    mut jobs: mpsc::UnboundedReceiver<(Job, KeySet)>,
-    done: mpsc::UnboundedSender<Done>,
-) {
-    while let Some((job, keys)) = jobs.recv().await {
-        let start = Instant::now();
-        let mut failure = job.render_error;
-        if failure.is_none() {
-            failure = apply_job(&client, &job.statements).await;
-        }
-        let end = Instant::now();
-        let record = WriteRecord {
-            worker_pid: pid,
-            queued: job.queued,
-            start,
-            end,
-            lag: since_commit(job.commit_time),
-            changes: job.changes,
-            end_lsn: job.end_lsn,
-            failure,
-        };
-        if done
-            .send(Done {
-                worker: index,
-                keys,
-                record,
-            })
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-async fn apply_job(client: &Client, statements: &[(String, String, WriteKind)]) -> Option<WriteFailure> {
-    if let Err(e) = client.batch_execute("BEGIN").await {
-        return Some(WriteFailure {
-            table: String::new(),
-            kind: WriteKind::Begin,
-            sqlstate: code(&e),
-            message: crate::pg::describe(&e),
-            sample: String::new(),
-        });
-    }
-    for (sql, table, kind) in statements {
-        if let Err(e) = client.batch_execute(sql).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Some(WriteFailure {
-                table: table.clone(),
-                kind: *kind,
-                sqlstate: code(&e),
-                message: e
-                    .as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string()),
-                sample: sql.chars().take(300).collect(),
-            });
-        }
-    }
-    if let Err(e) = client.batch_execute("COMMIT").await {
-        return Some(WriteFailure {
-            table: String::new(),
-            kind: WriteKind::Commit,
-            sqlstate: code(&e),
-            message: crate::pg::describe(&e),
-            sample: String::new(),
-        });
-    }
-    None
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }

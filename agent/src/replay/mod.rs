@@ -3,7 +3,11 @@
 
 pub mod apply;
 pub mod capture;
+mod dispatch;
 pub mod live;
+mod record;
+mod session;
+pub mod statement;
 
 pub use apply::{Applier, ApplyError};
 pub use capture::{CaptureReader, Change, Transaction};
