@@ -159,6 +159,11 @@ impl PidLock {
 /// Runs an agent until SIGTERM or SIGINT. `started` is called once it listens.
 /// The local sweep at start (`understudy sweep --apply` without `--source`).
 async fn sweep_local(state: &StateDir) {
+    match crate::recording::sweep(state).await {
+        Ok(removed) if !removed.is_empty() => tracing::info!(?removed, "removed expired recordings"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "the recording sweep failed"),
+    }
     let found = match crate::fork::orphans::find(state).await {
         Ok(found) => found,
         Err(e) => return tracing::warn!(error = %e, "the sweep failed"),

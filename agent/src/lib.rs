@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod pg;
 pub mod pgoutput;
 pub mod progress;
+pub mod recording;
 pub mod replay;
 pub mod report;
 pub mod runs;

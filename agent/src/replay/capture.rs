@@ -87,6 +87,34 @@ impl CaptureReader {
         consume: bool,
         flush: bool,
     ) -> Result<Vec<Transaction>, CaptureError> {
+        let rows = self.read_raw(upto, max_changes, consume, flush).await?;
+        let mut assembler = Assembler::default();
+        let mut out = Vec::new();
+        for (lsn, data) in rows {
+            if let Some(tx) = assembler.push(lsn, &data, &mut self.relations)? {
+                out.push(tx);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pgoutput messages of whole transactions committed up to `upto`, as the slot gives them (what a
+    /// recording stores); `consume` and `flush` as for [`CaptureReader::read_with`].
+    pub async fn read_raw(
+        &mut self,
+        upto: Option<Lsn>,
+        max_changes: Option<i32>,
+        consume: bool,
+        flush: bool,
+    ) -> Result<Vec<(Lsn, Vec<u8>)>, CaptureError> {
+        // Logical decoding reads only flushed WAL, and the apply worker commits asynchronously: a transaction with
+        // an xid committed synchronously here flushes everything before it, so the read sees every applied change.
+        if flush {
+            self.client
+                .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id();")
+                .await
+                .map_err(PgError::sql("flushing the sandbox's WAL"))?;
+        }
         let function = if consume {
             "pg_logical_slot_get_binary_changes"
         } else {
@@ -96,56 +124,64 @@ impl CaptureReader {
             "SELECT lsn::text, data FROM {function}($1, $2::text::pg_lsn, $3, 'proto_version', '1', \
              'publication_names', $4)"
         );
-        // Logical decoding reads only flushed WAL, and the apply worker commits asynchronously: a transaction with
-        // an xid committed synchronously here flushes everything before it, so the read sees every applied change.
-        if flush {
-            self.client
-                .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id();")
-                .await
-                .map_err(PgError::sql("flushing the sandbox's WAL"))?;
-        }
         let upto_text = upto.map(|l| l.to_string());
         let rows = self
             .client
             .query(&sql, &[&self.slot, &upto_text, &max_changes, &self.publication])
             .await
             .map_err(PgError::sql(format!("reading capture slot {}", self.slot)))?;
-        let mut out = Vec::new();
-        let mut current: Option<Transaction> = None;
-        for row in rows {
-            let lsn: Lsn = row.get::<_, String>(0).parse().unwrap_or_default();
-            let data: Vec<u8> = row.get(1);
-            let message = pgoutput::decode(&data).map_err(|source| CaptureError::Decode { lsn, source })?;
-            match message {
-                Message::Begin(b) => {
-                    current = Some(Transaction {
-                        xid: b.xid,
-                        commit_lsn: b.final_lsn,
-                        end_lsn: Lsn(0),
-                        commit_time: b.commit_time,
-                        changes: Vec::new(),
-                    })
-                }
-                Message::Commit(c) => {
-                    let mut tx = current.take().ok_or(CaptureError::Stream {
-                        lsn,
-                        detail: "Commit without Begin".into(),
-                    })?;
-                    tx.end_lsn = c.end_lsn;
-                    tx.commit_lsn = c.commit_lsn;
-                    out.push(tx);
-                }
-                Message::Relation(r) => {
-                    self.relations.insert(r.oid, r);
-                }
-                Message::Insert(i) => push(&mut current, lsn, Change::Insert(i))?,
-                Message::Update(u) => push(&mut current, lsn, Change::Update(u))?,
-                Message::Delete(d) => push(&mut current, lsn, Change::Delete(d))?,
-                Message::Truncate(t) => push(&mut current, lsn, Change::Truncate(t))?,
-                Message::Origin(_) | Message::Type(_) | Message::Message(_) => {}
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, String>(0).parse().unwrap_or_default(), row.get(1)))
+            .collect())
+    }
+}
+
+/// Assembles pgoutput messages into whole transactions, learning relations as they come.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    current: Option<Transaction>,
+}
+
+impl Assembler {
+    /// Takes one message; returns the transaction it completes, if it is a Commit.
+    pub fn push(
+        &mut self,
+        lsn: Lsn,
+        data: &[u8],
+        relations: &mut HashMap<u32, Relation>,
+    ) -> Result<Option<Transaction>, CaptureError> {
+        let message = pgoutput::decode(data).map_err(|source| CaptureError::Decode { lsn, source })?;
+        let current = &mut self.current;
+        match message {
+            Message::Begin(b) => {
+                *current = Some(Transaction {
+                    xid: b.xid,
+                    commit_lsn: b.final_lsn,
+                    end_lsn: Lsn(0),
+                    commit_time: b.commit_time,
+                    changes: Vec::new(),
+                })
             }
+            Message::Commit(c) => {
+                let mut tx = current.take().ok_or(CaptureError::Stream {
+                    lsn,
+                    detail: "Commit without Begin".into(),
+                })?;
+                tx.end_lsn = c.end_lsn;
+                tx.commit_lsn = c.commit_lsn;
+                return Ok(Some(tx));
+            }
+            Message::Relation(r) => {
+                relations.insert(r.oid, r);
+            }
+            Message::Insert(i) => push(current, lsn, Change::Insert(i))?,
+            Message::Update(u) => push(current, lsn, Change::Update(u))?,
+            Message::Delete(d) => push(current, lsn, Change::Delete(d))?,
+            Message::Truncate(t) => push(current, lsn, Change::Truncate(t))?,
+            Message::Origin(_) | Message::Type(_) | Message::Message(_) => {}
         }
-        Ok(out)
+        Ok(None)
     }
 }
 
