@@ -28,6 +28,8 @@ pub fn kind_of(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
         crate::source::setup::SetupSqlError,
         crate::sandbox::SandboxError,
         crate::fork::ForkError,
+        crate::recording::RecordingError,
+        crate::recording::StreamError,
         crate::dryrun::DryRunError,
         crate::dryrun::config::ConfigError,
         crate::schedule::ScheduleError,

@@ -368,6 +368,7 @@ fn options(
         thresholds: Thresholds::default(),
         long_readers: Vec::new(),
         max_sandbox_lag: Duration::from_secs(60),
+        recorded: None,
     })
 }
 

@@ -42,6 +42,12 @@ enum Command {
     /// Forks: writable copies of a sandbox at an exact point, that never reach the source
     #[command(subcommand)]
     Fork(commands::fork::ForkCommand),
+    /// Record a window of a sandbox's write stream, with a fork at its start, to replay later (`dry-run
+    /// --recording`)
+    Record(commands::recording::RecordArgs),
+    /// Recordings: list, show and delete them
+    #[command(subcommand)]
+    Recording(commands::recording::RecordingCommand),
     /// Rehearse a migration on a fork of a sandbox while production's writes are replayed into it
     DryRun(Box<commands::dryrun::DryRunArgs>),
     /// Lint migration files with squawk's rules (the static pass of a dry-run, without evidence)
@@ -87,6 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, state_dir).await,
         Command::Fork(cmd) => commands::fork::run(cmd, state_dir).await,
         Command::Source(cmd) => commands::source::run(cmd),
+        Command::Record(args) => commands::recording::record(args, state_dir).await,
+        Command::Recording(cmd) => commands::recording::run(cmd, state_dir).await,
         Command::Sweep(args) => commands::sweep::run(args, state_dir).await,
         Command::DryRun(args) => commands::dryrun::run(*args, state_dir).await,
         Command::Lint(args) => commands::lint::run(args),

@@ -8,9 +8,9 @@ use fixtures::writer::Writer;
 use understudy::dryrun::DryRunOptions;
 use understudy::fork;
 use understudy::pg::connect::connect_plain;
-use understudy::report::{Thresholds, Verdict};
+use understudy::report::Verdict;
 use understudy::sandbox::{self, SandboxMeta, StateDir};
-use understudy::source::{Replicate, SandboxName};
+use understudy::source::Replicate;
 use understudy::verify::checksum;
 
 struct Setup {
@@ -31,25 +31,9 @@ fn options(root: &TempRoot, text: &str, fork_name: &str) -> DryRunOptions {
     let up = root.path().join(format!("{fork_name}.sql"));
     std::fs::write(&up, text).expect("write migration");
     DryRunOptions {
-        sandbox: SandboxName::parse("shop").expect("name"),
-        up: sql(&up.display().to_string(), text),
-        down: None,
-        checks: None,
         // These tests are about replay and locks; verification has its own tests.
         verify: false,
-        single_transaction: false,
-        warmup: Duration::from_millis(1500),
-        after: Duration::from_millis(1500),
-        workers: 4,
-        strategy: None,
-        fork_name: SandboxName::parse(fork_name).expect("name"),
-        keep_fork: false,
-        statement_timeout: None,
-        deadline: Duration::from_secs(300),
-        sample_interval: Duration::from_millis(10),
-        thresholds: Thresholds::default(),
-        long_readers: Vec::new(),
-        max_sandbox_lag: Duration::from_secs(30),
+        ..dry_run_options(sql(&up.display().to_string(), text), fork_name)
     }
 }
 

@@ -10,7 +10,7 @@ use understudy::fork;
 use understudy::report::{DryRunReport, Severity, Verdict};
 use understudy::report::{FindingCode, Thresholds};
 use understudy::sandbox::{self, StateDir};
-use understudy::source::{Replicate, SandboxName};
+use understudy::source::Replicate;
 use understudy::verify::preflight::PreflightCode;
 
 // The seed (`seeded_source`): accounts: 1,000 rows; 123 with plan NULL; 37 whose org_id matches no org; 500 with
@@ -23,24 +23,13 @@ fn options(root: &TempRoot, name: &str, up: &str, down: Option<&str>, checks: Op
         sql(&path.display().to_string(), text)
     };
     DryRunOptions {
-        sandbox: SandboxName::parse("shop").expect("name"),
-        up: write("up", up),
         down: down.map(|d| write("down", d)),
         checks: checks.map(|c| write("checks", c)),
-        verify: true,
-        single_transaction: false,
-        warmup: Duration::from_millis(1500),
         after: Duration::from_millis(1000),
         workers: 2,
-        strategy: None,
-        fork_name: SandboxName::parse(name).expect("name"),
-        keep_fork: false,
         statement_timeout: Some(Duration::from_secs(60)),
-        deadline: Duration::from_secs(300),
         sample_interval: Duration::from_millis(20),
-        thresholds: Thresholds::default(),
-        long_readers: Vec::new(),
-        max_sandbox_lag: Duration::from_secs(30),
+        ..dry_run_options(write("up", up), name)
     }
 }
 

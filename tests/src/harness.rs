@@ -383,6 +383,42 @@ pub async fn dry_run(
     .await
 }
 
+/// A dry-run of `up` on sandbox `shop` into fork `fork_name`, with the tests' defaults: verification, 1.5 s
+/// windows, 4 workers, a 5-minute deadline, a 10 ms sampler. Tests change what they are about.
+pub fn dry_run_options(up: understudy::dryrun::MigrationText, fork_name: &str) -> understudy::dryrun::DryRunOptions {
+    understudy::dryrun::DryRunOptions {
+        sandbox: SandboxName::parse("shop").expect("name"),
+        up,
+        down: None,
+        checks: None,
+        verify: true,
+        single_transaction: false,
+        warmup: Duration::from_millis(1500),
+        after: Duration::from_millis(1500),
+        workers: 4,
+        strategy: None,
+        fork_name: SandboxName::parse(fork_name).expect("name"),
+        keep_fork: false,
+        statement_timeout: None,
+        deadline: Duration::from_secs(300),
+        sample_interval: Duration::from_millis(10),
+        thresholds: understudy::report::Thresholds::default(),
+        long_readers: Vec::new(),
+        max_sandbox_lag: Duration::from_secs(30),
+        recorded: None,
+    }
+}
+
+/// A superuser connection string for sandbox `meta`'s database (over its socket).
+pub fn sandbox_conninfo(meta: &SandboxMeta) -> String {
+    format!(
+        "host={} port={} user=postgres dbname={}",
+        meta.cluster.socket_dir.display(),
+        meta.cluster.port,
+        meta.database
+    )
+}
+
 /// SQL named `name` for a dry-run.
 pub fn sql(name: &str, text: &str) -> understudy::dryrun::MigrationText {
     understudy::dryrun::MigrationText {

@@ -15,6 +15,16 @@ pub struct SandboxLag {
     pub seconds: Option<f64>,
 }
 
+impl SandboxLag {
+    /// Not measured (a run on a recording forks no live sandbox).
+    pub fn none() -> Self {
+        SandboxLag {
+            bytes: None,
+            seconds: None,
+        }
+    }
+}
+
 /// Why a sandbox is refused, and the fix.
 pub(crate) struct Refusal {
     pub reason: String,

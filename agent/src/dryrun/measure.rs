@@ -36,6 +36,8 @@ pub(crate) struct Run<'a> {
     pub deadline: Instant,
     pub progress: &'a dyn Progress,
     pub lag: SandboxLag,
+    /// A run on a recording: its stream is replayed instead of the live capture slots.
+    pub recording: Option<&'a crate::recording::RecordingMeta>,
 }
 
 /// Sessions kept open (idle) on both twins for the comparison, and where each twin's own changes begin (read
@@ -150,6 +152,16 @@ impl Run<'_> {
             started_at,
             trace_id: None,
             fork: self.fork_summary(),
+            recording: self
+                .recording
+                .zip(self.opts.recorded.as_ref())
+                .map(|(rec, r)| report::RecordedReplay {
+                    name: rec.name.to_string(),
+                    speed: r.speed.to_string(),
+                    migrate_at_ms: r.migrate_at.as_secs_f64() * 1000.0,
+                    window_ms: rec.span().as_secs_f64() * 1000.0,
+                    transactions: rec.transactions,
+                }),
             windows: Windows {
                 warmup_ms: (t.migration_started - t.warmup_started).as_secs_f64() * 1000.0,
                 migration_ms: (t.migration_ended - t.migration_started).as_secs_f64() * 1000.0,
@@ -209,10 +221,21 @@ impl Run<'_> {
             workers: self.opts.workers,
             poll_interval: Duration::from_millis(20),
         };
-        let mut replay = LiveReplay::start(&replay_of(&self.fork.capture_slot, fork_conninfo)).await?;
-        let mut control_replay = match (self.control, control_conninfo) {
-            (Some(c), Some(conninfo)) => Some(LiveReplay::start(&replay_of(&c.capture_slot, conninfo)).await?),
-            _ => None,
+        let (mut replay, mut control_replay) = match self.recording {
+            None => (
+                LiveReplay::start(&replay_of(&self.fork.capture_slot, fork_conninfo)).await?,
+                match (self.control, control_conninfo) {
+                    (Some(c), Some(conninfo)) => Some(LiveReplay::start(&replay_of(&c.capture_slot, conninfo)).await?),
+                    _ => None,
+                },
+            ),
+            Some(rec) => (
+                self.recorded_replay(rec, fork_conninfo).await?,
+                match control_conninfo {
+                    Some(conninfo) => Some(self.recorded_replay(rec, conninfo).await?),
+                    None => None,
+                },
+            ),
         };
         let sampler = Sampler::start(
             connect_plain(fork_conninfo, "understudy-locks").await?,
@@ -222,7 +245,9 @@ impl Run<'_> {
         self.progress.phase(RunPhase::Replaying);
         let warmup_started = Instant::now();
         let (preflight, watchers) = async {
-            let preflight = self.warmup(control_conninfo.unwrap_or(fork_conninfo).to_string()).await;
+            let preflight = self
+                .warmup(control_conninfo.unwrap_or(fork_conninfo).to_string(), &mut replay)
+                .await;
             let watchers = Watchers::start(fork_conninfo, &self.inputs.plan, &self.opts.long_readers).await?;
             Ok::<_, DryRunError>((preflight, watchers))
         }
@@ -241,11 +266,20 @@ impl Run<'_> {
         );
         let (outcome, pid, migration_started, migration_ended, after_ended, reads) = async {
             let (outcome, pid, started, ended) = self.migrate(fork_conninfo).await?;
-            let after_sleep = self
-                .opts
-                .after
-                .min(self.deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(after_sleep).await;
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match self.recording {
+                // On a recording the after window is the rest of its stream.
+                Some(_) => {
+                    let _ = tokio::time::timeout(left, async {
+                        replay.wait_ended().await;
+                        if let Some(c) = control_replay.as_mut() {
+                            c.wait_ended().await;
+                        }
+                    })
+                    .await;
+                }
+                None => tokio::time::sleep(self.opts.after.min(left)).await,
+            }
             let after_ended = Instant::now();
             Ok::<_, DryRunError>((outcome, pid, started, ended, after_ended, watchers.stop().await))
         }
@@ -255,7 +289,10 @@ impl Run<'_> {
         drop(migrate_span);
 
         let worker_pids = replay.worker_pids.clone();
-        let upto = hold_twins(&mut replay, control_replay.as_mut(), sandbox_conninfo).await?;
+        let upto = match self.recording {
+            Some(rec) => rec.end_lsn,
+            None => hold_twins(&mut replay, control_replay.as_mut(), sandbox_conninfo).await?,
+        };
         let (records, control_records) = tokio::join!(replay.stop_at(upto, Duration::from_secs(60)), async {
             match control_replay {
                 Some(r) => r.stop_at(upto, Duration::from_secs(60)).await.map(Some),
@@ -285,12 +322,43 @@ impl Run<'_> {
         })
     }
 
-    /// The warm-up window; the data pre-flight runs meanwhile on `preflight_on` (the control twin: the same data).
-    async fn warmup(&self, preflight_on: String) -> Vec<crate::verify::preflight::PreflightFinding> {
-        self.say(&format!(
-            "replaying production's writes into fork {}; warm-up {:?}",
-            self.fork.name, self.opts.warmup
-        ));
+    /// A recording's stream replayed into the fork at `conninfo`.
+    async fn recorded_replay(
+        &self,
+        rec: &crate::recording::RecordingMeta,
+        conninfo: &str,
+    ) -> Result<LiveReplay, DryRunError> {
+        let stream = crate::replay::stream::StreamReader::open(&crate::recording::stream_path(self.state, rec))
+            .map_err(crate::replay::live::ReplayError::from)?;
+        let speed = self
+            .opts
+            .recorded
+            .as_ref()
+            .map(|r| r.speed)
+            .unwrap_or(crate::replay::Speed::Times(1.0));
+        Ok(LiveReplay::start_recorded(stream, conninfo, self.opts.workers, speed).await?)
+    }
+
+    /// The warm-up window (on a recording: until the replay reaches the migration's offset into the window); the
+    /// data pre-flight runs meanwhile on `preflight_on` (the control twin: the same data).
+    async fn warmup(
+        &self,
+        preflight_on: String,
+        replay: &mut LiveReplay,
+    ) -> Vec<crate::verify::preflight::PreflightFinding> {
+        match &self.opts.recorded {
+            Some(r) => self.say(&format!(
+                "replaying recording {} into fork {} at speed {}; the migration starts {} into its window",
+                r.name,
+                self.fork.name,
+                r.speed,
+                humantime::format_duration(r.migrate_at)
+            )),
+            None => self.say(&format!(
+                "replaying production's writes into fork {}; warm-up {:?}",
+                self.fork.name, self.opts.warmup
+            )),
+        }
         let statements = self.inputs.plan.statements.clone();
         let preflight = tokio::spawn(async move {
             match connect_plain(&preflight_on, "understudy-preflight").await {
@@ -298,7 +366,10 @@ impl Run<'_> {
                 Err(_) => Vec::new(),
             }
         });
-        tokio::time::sleep(self.opts.warmup).await;
+        match &self.opts.recorded {
+            Some(r) => replay.wait_offset(r.migrate_at).await,
+            None => tokio::time::sleep(self.opts.warmup).await,
+        }
         let preflight = preflight.await.unwrap_or_default();
         for p in &preflight {
             self.say(&format!("pre-flight: line {}: {}", p.line, p.message));

@@ -17,6 +17,7 @@ pub mod gate;
 pub(crate) mod inputs;
 mod measure;
 pub mod progress;
+mod recorded;
 pub mod request;
 
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ pub enum DryRunError {
     Pg(#[from] PgError),
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    #[error(transparent)]
+    Recording(#[from] crate::recording::RecordingError),
 }
 
 impl Classify for DryRunError {
@@ -79,6 +82,7 @@ impl Classify for DryRunError {
             DryRunError::Fork(e) => e.kind(),
             DryRunError::Pg(e) => e.kind(),
             DryRunError::Replay(_) => ErrorKind::Internal,
+            DryRunError::Recording(e) => e.kind(),
         }
     }
 }
@@ -121,6 +125,17 @@ pub struct DryRunOptions {
     pub long_readers: Vec<(String, Duration)>,
     /// A sandbox lagging more than this behind its source is refused.
     pub max_sandbox_lag: Duration,
+    /// Run on a recording instead of the live stream.
+    pub recorded: Option<Recorded>,
+}
+
+/// A dry-run on a recording: its start point forked, its stream replayed at `speed`, the migration `migrate_at`
+/// into its window (recorded time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub name: SandboxName,
+    pub speed: crate::replay::Speed,
+    pub migrate_at: Duration,
 }
 
 /// Runs a dry-run: waits for `schedule`, checks the sandbox is current, forks, measures, reports. The forks are
@@ -182,7 +197,6 @@ async fn run(
     progress: &dyn Progress,
 ) -> Result<DryRunReport, DryRunError> {
     progress.phase(RunPhase::Forking);
-    let lag = gate::check(state, &opts.sandbox, opts.max_sandbox_lag).await?;
     let deadline = Instant::now() + opts.deadline;
     let fork_opts = ForkOptions {
         sandbox: opts.sandbox.clone(),
@@ -193,17 +207,33 @@ async fn run(
         owner_pid: (!opts.keep_fork).then(std::process::id),
     };
     let say = |line: &str| progress.say(line);
-    let (fork_meta, control) = async {
-        if opts.verify {
-            let names = (opts.fork_name.clone(), control_name(&opts.fork_name));
-            let (a, b) = fork::create_twins(state, &fork_opts, names, &say).await?;
-            Ok::<_, DryRunError>((a, Some(b)))
-        } else {
-            Ok((fork::create(state, &fork_opts, &say).await?, None))
+    let recording = match &opts.recorded {
+        Some(r) => Some(recorded::check(state, opts, r)?),
+        None => None,
+    };
+    let (lag, (fork_meta, control)) = match &recording {
+        Some(rec) => (
+            gate::SandboxLag::none(),
+            recorded::fork(state, opts, &fork_opts, rec, &say)
+                .instrument(tracing::info_span!("fork", twins = opts.verify, recording = %rec.name))
+                .await?,
+        ),
+        None => {
+            let lag = gate::check(state, &opts.sandbox, opts.max_sandbox_lag).await?;
+            let forks = async {
+                if opts.verify {
+                    let names = (opts.fork_name.clone(), control_name(&opts.fork_name));
+                    let (a, b) = fork::create_twins(state, &fork_opts, names, &say).await?;
+                    Ok::<_, DryRunError>((a, Some(b)))
+                } else {
+                    Ok((fork::create(state, &fork_opts, &say).await?, None))
+                }
+            }
+            .instrument(tracing::info_span!("fork", twins = opts.verify))
+            .await?;
+            (lag, forks)
         }
-    }
-    .instrument(tracing::info_span!("fork", twins = opts.verify))
-    .await?;
+    };
     let measured = measure::Run {
         state,
         opts,
@@ -213,6 +243,7 @@ async fn run(
         deadline,
         progress,
         lag,
+        recording: recording.as_ref(),
     };
     let result = measured.measure().await;
     if opts.keep_fork {

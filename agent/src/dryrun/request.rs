@@ -125,6 +125,15 @@ pub struct DryRunRequest {
     /// When to start [default: now].
     #[serde(default)]
     pub schedule: ScheduleSpec,
+    /// Run on this recording of the sandbox (`understudy record`): fork its start point and replay its stream.
+    #[serde(default)]
+    pub recording: Option<String>,
+    /// How fast the recording is replayed: a number above 0 (1 is the recorded pace) or `max` [default: 1].
+    #[serde(default)]
+    pub speed: Option<String>,
+    /// Where in the recording's window the migration starts, in recorded time [default: the warm-up].
+    #[serde(default)]
+    pub migrate_at: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -153,6 +162,9 @@ impl DryRunRequest {
             simulate_readers: Vec::new(),
             max_sandbox_lag: None,
             schedule: ScheduleSpec::default(),
+            recording: None,
+            speed: None,
+            migrate_at: None,
         }
     }
 }
@@ -254,6 +266,7 @@ impl DryRunRequest {
             long_readers.push((r.table.clone(), r.hold.get()));
         }
         let schedule = self.schedule.parse()?;
+        let recorded = self.recorded(warmup)?;
         let fork_name = super::fork_name(&sandbox);
         let options = DryRunOptions {
             sandbox,
@@ -274,10 +287,47 @@ impl DryRunRequest {
             thresholds: base.clone().with(&self.thresholds),
             long_readers,
             max_sandbox_lag: max_sandbox_lag.get(),
+            recorded,
         };
         // The files must parse before anything waits or forks.
         super::inputs::Inputs::parse(&options).map_err(|e| RequestError(e.to_string()))?;
         Ok((options, schedule))
+    }
+}
+
+impl DryRunRequest {
+    /// The recording to run on, its speed and the migration's offset (`speed` and `migrate_at` need a recording:
+    /// a live replay follows production's own pace).
+    fn recorded(&self, warmup: Duration) -> Result<Option<super::Recorded>, RequestError> {
+        let Some(name) = &self.recording else {
+            if self.speed.is_some() {
+                return Err(RequestError::field(
+                    "speed",
+                    "a live dry-run replays production's writes as they come; speed needs a recording",
+                ));
+            }
+            if self.migrate_at.is_some() {
+                return Err(RequestError::field("migrate_at", "needs a recording"));
+            }
+            return Ok(None);
+        };
+        let name = SandboxName::parse(name).map_err(|e| RequestError::field("recording", e))?;
+        let speed = match &self.speed {
+            Some(s) => s.parse().map_err(|e| RequestError::field("speed", e))?,
+            None => crate::replay::Speed::Times(1.0),
+        };
+        let migrate_at = self.migrate_at.unwrap_or(warmup);
+        within(
+            "migrate_at",
+            migrate_at,
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(7 * 86400),
+        )?;
+        Ok(Some(super::Recorded {
+            name,
+            speed,
+            migrate_at: migrate_at.get(),
+        }))
     }
 }
 

@@ -169,7 +169,7 @@ async fn copy_dir_without_wal(
 }
 
 /// Runs a copy command; it is killed if the fork's creation is dropped (interrupted).
-async fn run(what: &str, cmd: &mut tokio::process::Command) -> Result<(), ForkError> {
+pub(super) async fn run(what: &str, cmd: &mut tokio::process::Command) -> Result<(), ForkError> {
     let out = cmd
         .kill_on_drop(true)
         .output()

@@ -11,6 +11,7 @@
 //! source's slot is never touched; slots copied from the sandbox are dropped; sequences are moved past the
 //! sandbox's values so that the fork's own inserts do not collide with replayed ones.
 
+mod clone;
 mod copy;
 mod lifecycle;
 mod meta;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+pub use clone::clone_stopped;
 pub use lifecycle::{abandoned, delete, ensure_enabled, list, sweep};
 pub use meta::{ForkError, ForkMeta, ForkOptions, ForkPhase, ForkTimings, default_name};
 pub use strategy::Strategy;

@@ -5,8 +5,6 @@
 //! the stream's checksum, expiry) is written. A dry-run can later fork from the start point and replay the
 //! stream at its original pace or faster.
 
-pub mod stream;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,9 +15,10 @@ use crate::fork::{self, ForkError, ForkMeta, ForkOptions};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message};
 use crate::replay::capture::{CaptureError, CaptureReader};
+use crate::replay::stream;
+pub use crate::replay::stream::{StreamError, StreamReader};
 use crate::sandbox::{SandboxMeta, StateDir, cluster_of};
 use crate::source::SandboxName;
-pub use stream::{StreamError, StreamReader};
 
 /// Errors of recordings.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +47,7 @@ impl crate::error::Classify for RecordingError {
         match self {
             RecordingError::Fork(e) => e.kind(),
             RecordingError::Capture(_) | RecordingError::Corrupt(_) => ErrorKind::Internal,
-            RecordingError::Stream(StreamError::Checksum { .. } | StreamError::NotAStream(_)) => ErrorKind::Invalid,
-            RecordingError::Stream(_) => ErrorKind::Internal,
+            RecordingError::Stream(e) => e.kind(),
             RecordingError::NotFound(_) => ErrorKind::NotFound,
             RecordingError::Exists(_) => ErrorKind::Conflict,
             RecordingError::Expired { .. } => ErrorKind::Invalid,

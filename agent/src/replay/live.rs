@@ -12,9 +12,11 @@ use tokio::task::JoinHandle;
 
 use super::capture::CaptureReader;
 use super::dispatch::dispatch_loop;
-use super::record::Batch;
+use super::record::{Batch, Signal};
 pub use super::record::{ReplayError, WriteFailure, WriteKind, WriteRecord};
+use super::recorded::{self, Speed};
 use super::session::Session;
+use super::stream::StreamReader;
 use crate::lsn::Lsn;
 use crate::pg::connect::connect_plain;
 
@@ -28,19 +30,6 @@ pub struct LiveConfig {
     pub fork_conninfo: String,
     pub workers: usize,
     pub poll_interval: Duration,
-}
-
-/// What the reader should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Signal {
-    Run,
-    /// Finish the read in flight, then read nothing more until told to stop (so that a stop point taken now is
-    /// past everything read).
-    Hold,
-    /// Read everything the sandbox has applied, then stop.
-    Stop,
-    /// Read the transactions that committed before this LSN, then stop.
-    StopAt(Lsn),
 }
 
 /// A task aborted when its owner drops it: a replay dropped mid-way (a cancelled dry-run) stops reading the
@@ -79,44 +68,66 @@ pub struct LiveReplay {
     pub worker_pids: Vec<i32>,
     pub last_read: Arc<Mutex<Lsn>>,
     held: watch::Receiver<bool>,
+    /// A recording's replay: how far into the window it has got, and whether it has handed out the whole stream.
+    offset: watch::Receiver<Duration>,
+    ended: watch::Receiver<bool>,
 }
 
 impl LiveReplay {
     /// Connects the reader (to the sandbox) and the workers (to the fork) and starts tailing.
     pub async fn start(config: &LiveConfig) -> Result<Self, ReplayError> {
         let reader_client = connect_plain(&config.sandbox_conninfo, "understudy-capture").await?;
-        let mut workers = Vec::new();
-        for _ in 0..config.workers.max(1) {
-            let client = connect_plain(&config.fork_conninfo, "understudy-replay").await?;
-            workers.push(Session::open(client).await?);
-        }
-        let worker_pids = workers.iter().map(|w| w.pid).collect();
+        let (workers, worker_pids) = sessions(&config.fork_conninfo, config.workers).await?;
         let (stop, stop_rx) = watch::channel(Signal::Run);
         let (tx, rx) = mpsc::unbounded_channel::<Batch>();
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let backlog = Arc::new(Mutex::new(0usize));
-        let last_read = Arc::new(Mutex::new(Lsn(0)));
-        let (held_tx, held) = watch::channel(false);
+        let parts = Parts::new();
         let reader = Task::spawn(read_loop(
             CaptureReader::new(reader_client, &config.capture_slot, &config.publication),
             tx,
             stop_rx,
             config.poll_interval,
-            Arc::clone(&backlog),
-            Arc::clone(&last_read),
-            held_tx,
+            Arc::clone(&parts.backlog),
+            Arc::clone(&parts.last_read),
+            parts.held_tx.clone(),
         ));
-        let dispatcher = Task::spawn(dispatch_loop(rx, workers, Arc::clone(&records), Arc::clone(&backlog)));
-        Ok(LiveReplay {
-            stop,
-            reader,
-            dispatcher,
-            records,
-            backlog,
-            held,
-            worker_pids,
-            last_read,
-        })
+        Ok(parts.into_replay(stop, reader, rx, workers, worker_pids))
+    }
+
+    /// Replays recording stream `stream` into the fork at `fork_conninfo` at `speed`.
+    pub async fn start_recorded(
+        stream: StreamReader,
+        fork_conninfo: &str,
+        workers: usize,
+        speed: Speed,
+    ) -> Result<Self, ReplayError> {
+        let (workers, worker_pids) = sessions(fork_conninfo, workers).await?;
+        let (stop, stop_rx) = watch::channel(Signal::Run);
+        let (tx, rx) = mpsc::unbounded_channel::<Batch>();
+        let parts = Parts::new();
+        let shared = recorded::Shared {
+            backlog: Arc::clone(&parts.backlog),
+            last_read: Arc::clone(&parts.last_read),
+            held: parts.held_tx.clone(),
+            offset: parts.offset_tx.clone(),
+            ended: parts.ended_tx.clone(),
+        };
+        let reader = Task::spawn(recorded::recorded_loop(stream, tx, stop_rx, speed, shared));
+        Ok(parts.into_replay(stop, reader, rx, workers, worker_pids))
+    }
+
+    /// Waits until a recording's replay has handed out the transactions of the first `offset` of its window (or
+    /// all of them).
+    pub async fn wait_offset(&mut self, offset: Duration) {
+        let mut ended = self.ended.clone();
+        tokio::select! {
+            _ = self.offset.wait_for(|o| *o >= offset) => {}
+            _ = ended.wait_for(|e| *e) => {}
+        }
+    }
+
+    /// Waits until a recording's replay has handed out its whole stream.
+    pub async fn wait_ended(&mut self) {
+        let _ = self.ended.wait_for(|e| *e).await;
     }
 
     /// Records so far.
@@ -160,6 +171,68 @@ impl LiveReplay {
         let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
         let unapplied = self.backlog.lock().map(|b| *b).unwrap_or(0);
         Ok(Stopped { records, unapplied })
+    }
+}
+
+/// The worker sessions on the fork, and their pids.
+async fn sessions(fork_conninfo: &str, n: usize) -> Result<(Vec<Session>, Vec<i32>), ReplayError> {
+    let mut workers = Vec::new();
+    for _ in 0..n.max(1) {
+        let client = connect_plain(fork_conninfo, "understudy-replay").await?;
+        workers.push(Session::open(client).await?);
+    }
+    let pids = workers.iter().map(|w| w.pid).collect();
+    Ok((workers, pids))
+}
+
+/// What a replay shares between its reader, its dispatcher and its owner.
+struct Parts {
+    records: Arc<Mutex<Vec<WriteRecord>>>,
+    backlog: Arc<Mutex<usize>>,
+    last_read: Arc<Mutex<Lsn>>,
+    held_tx: watch::Sender<bool>,
+    offset_tx: watch::Sender<Duration>,
+    ended_tx: watch::Sender<bool>,
+}
+
+impl Parts {
+    fn new() -> Self {
+        Parts {
+            records: Arc::new(Mutex::new(Vec::new())),
+            backlog: Arc::new(Mutex::new(0)),
+            last_read: Arc::new(Mutex::new(Lsn(0))),
+            held_tx: watch::channel(false).0,
+            offset_tx: watch::channel(Duration::ZERO).0,
+            ended_tx: watch::channel(false).0,
+        }
+    }
+
+    fn into_replay(
+        self,
+        stop: watch::Sender<Signal>,
+        reader: Task<Result<(), ReplayError>>,
+        rx: mpsc::UnboundedReceiver<Batch>,
+        workers: Vec<Session>,
+        worker_pids: Vec<i32>,
+    ) -> LiveReplay {
+        let dispatcher = Task::spawn(dispatch_loop(
+            rx,
+            workers,
+            Arc::clone(&self.records),
+            Arc::clone(&self.backlog),
+        ));
+        LiveReplay {
+            stop,
+            reader,
+            dispatcher,
+            records: self.records,
+            backlog: self.backlog,
+            held: self.held_tx.subscribe(),
+            worker_pids,
+            last_read: self.last_read,
+            offset: self.offset_tx.subscribe(),
+            ended: self.ended_tx.subscribe(),
+        }
     }
 }
 

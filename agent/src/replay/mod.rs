@@ -6,8 +6,11 @@ pub mod capture;
 mod dispatch;
 pub mod live;
 mod record;
+mod recorded;
 mod session;
 pub mod statement;
+pub mod stream;
+pub use recorded::{Speed, SpeedError};
 
 pub use apply::{Applier, ApplyError};
 pub use capture::{CaptureReader, Change, Transaction};

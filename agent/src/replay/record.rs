@@ -82,6 +82,21 @@ pub enum ReplayError {
     Pg(#[from] PgError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Stream(#[from] super::stream::StreamError),
     #[error("replay task failed: {0}")]
     Task(String),
+}
+
+/// What the reader should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signal {
+    Run,
+    /// Finish the read in flight, then read nothing more until told to stop (so that a stop point taken now is
+    /// past everything read).
+    Hold,
+    /// Read everything the sandbox has applied, then stop.
+    Stop,
+    /// Read the transactions that committed before this LSN, then stop.
+    StopAt(Lsn),
 }

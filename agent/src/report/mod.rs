@@ -161,6 +161,19 @@ pub struct Windows {
     pub after_ms: f64,
 }
 
+/// A run on a recording: which one, how fast, and where in its window the migration started.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RecordedReplay {
+    pub name: String,
+    /// A multiple of the recorded pace, or `max`.
+    pub speed: String,
+    /// The migration's offset into the window, in recorded time.
+    pub migrate_at_ms: f64,
+    /// The window's length by its commits.
+    pub window_ms: f64,
+    pub transactions: u64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DryRunReport {
@@ -173,6 +186,9 @@ pub struct DryRunReport {
     #[schema(value_type = Option<String>)]
     pub trace_id: Option<crate::telemetry::TraceId>,
     pub fork: ForkSummary,
+    /// The recording replayed, on a run on a recording.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordedReplay>,
     pub windows: Windows,
     pub migration: MigrationReport,
     pub writes: WritesReport,

@@ -330,6 +330,7 @@ pub(crate) fn report(
         started_at: "2025-01-15T10:00:00Z".into(),
         trace_id: None,
         fork: fork(),
+        recording: None,
         windows: Windows {
             warmup_ms: 5000.0,
             migration_ms: outcome.duration_ms,

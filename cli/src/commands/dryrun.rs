@@ -96,6 +96,15 @@ pub struct DryRunArgs {
     /// Timezone for --at and --cron (IANA name) [default: the system's]
     #[arg(long)]
     tz: Option<String>,
+    /// Run on this recording of the sandbox (`understudy record`): fork its start point and replay its stream
+    #[arg(long)]
+    recording: Option<String>,
+    /// How fast the recording is replayed: 1 (its pace), 2, 4, ... or max [default: 1]
+    #[arg(long, requires = "recording")]
+    speed: Option<String>,
+    /// Where in the recording's window the migration starts, in recorded time [default: --warmup]
+    #[arg(long, requires = "recording")]
+    migrate_at: Option<Duration>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
     /// Write the report here instead of stdout
@@ -156,6 +165,9 @@ impl DryRunArgs {
         r.sample_interval = Some(self.sample_interval);
         r.simulate_readers = self.long_readers.clone();
         r.max_sandbox_lag = Some(self.max_sandbox_lag);
+        r.recording = self.recording.clone();
+        r.speed = self.speed.clone();
+        r.migrate_at = self.migrate_at;
         r.thresholds = ThresholdOverrides {
             max_failed_writes: self.max_failed_writes,
             max_blocked_writes: self.max_blocked_writes,

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod dryrun;
 pub mod fork;
 pub mod lint;
+pub mod recording;
 pub mod sandbox;
 pub mod source;
 pub mod sweep;

@@ -15,10 +15,10 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use sha2::Digest as _;
 
+use super::Transaction;
+use super::capture::{Assembler, CaptureError};
 use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
-use crate::replay::Transaction;
-use crate::replay::capture::{Assembler, CaptureError};
 
 const MAGIC: &[u8] = b"UNDERSTUDY-REC1\n";
 
@@ -43,6 +43,17 @@ pub enum StreamError {
     Frame(String),
     #[error(transparent)]
     Decode(#[from] CaptureError),
+}
+
+impl crate::error::Classify for StreamError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            // A recording that is not what it says is bad input: take a new one.
+            StreamError::Checksum { .. } | StreamError::NotAStream(_) | StreamError::Frame(_) => ErrorKind::Invalid,
+            StreamError::Io { .. } | StreamError::Decode(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StreamError {
@@ -127,6 +138,8 @@ pub struct StreamReader {
     input: BufReader<GzDecoder<std::fs::File>>,
     assembler: Assembler,
     relations: HashMap<u32, Relation>,
+    /// Relation messages read so far (a change of the relations between two transactions).
+    pub relation_messages: u64,
 }
 
 impl StreamReader {
@@ -144,6 +157,7 @@ impl StreamReader {
             input,
             assembler: Assembler::default(),
             relations: HashMap::new(),
+            relation_messages: 0,
         })
     }
 
@@ -175,6 +189,9 @@ impl StreamReader {
     /// The next whole transaction, `None` at the end.
     pub fn next_transaction(&mut self) -> Result<Option<Transaction>, StreamError> {
         while let Some((lsn, message)) = self.frame()? {
+            if message.first() == Some(&b'R') {
+                self.relation_messages += 1;
+            }
             if let Some(tx) = self.assembler.push(lsn, &message, &mut self.relations)? {
                 return Ok(Some(tx));
             }
