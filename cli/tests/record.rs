@@ -33,6 +33,9 @@ async fn record_list_show_delete_and_refusals() {
     let (code, _, err) = run(&state, &["record", "--sandbox", "shop", "--for", "soon"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--for"), "the message names the flag: {err}");
+    let (code, _, err) = run(&state, &["record", "--sandbox", "shop", "--for", "2s", "--at", "25:00"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("schedule.at"), "the message names the schedule: {err}");
     let (code, _, err) = run(&state, &["recording", "show", "ghost"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no recording named ghost"), "{err}");

@@ -34,7 +34,7 @@ use meta::{capture_slot_name, fork_dir, forks_dir, io};
 
 use crate::pg::cluster::Cluster;
 use crate::pg::{ClusterConfig, PgError, quote_ident, quote_literal};
-use crate::sandbox::{PAUSE_LOCK, SandboxError, SandboxMeta, SandboxState, StateDir, cluster_of};
+use crate::sandbox::{PAUSE_LOCK, SandboxMeta, SandboxState, StateDir, cluster_of};
 use crate::source::SandboxName;
 
 /// The publication on every sandbox that capture slots decode.
@@ -78,14 +78,7 @@ async fn create_set(
     let requested = Instant::now();
     sweep(state).await?;
     let sandbox_dir = state.sandbox_dir(&opts.sandbox);
-    if !sandbox_dir.exists() {
-        return Err(SandboxError::NotFound {
-            name: opts.sandbox.to_string(),
-            state_dir: state.root().to_path_buf(),
-        }
-        .into());
-    }
-    let sandbox = SandboxMeta::load(&sandbox_dir)?;
+    let sandbox = state.sandbox(&opts.sandbox)?;
     let not_ready = |reason: String| ForkError::NotReady {
         sandbox: opts.sandbox.to_string(),
         reason,

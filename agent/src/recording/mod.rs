@@ -17,7 +17,7 @@ use crate::pgoutput::{self, Message};
 use crate::replay::capture::{CaptureError, CaptureReader};
 use crate::replay::stream;
 pub use crate::replay::stream::{StreamError, StreamReader};
-use crate::sandbox::{SandboxMeta, StateDir, cluster_of};
+use crate::sandbox::{StateDir, cluster_of};
 use crate::source::SandboxName;
 
 /// Errors of recordings.
@@ -285,7 +285,7 @@ async fn record_window(
     if let Some(cluster) = fork.own_cluster()? {
         cluster.stop(crate::pg::StopMode::Fast).await.map_err(ForkError::from)?;
     }
-    let sandbox = SandboxMeta::load(&state.sandbox_dir(&opts.sandbox)).map_err(ForkError::from)?;
+    let sandbox = state.sandbox(&opts.sandbox).map_err(ForkError::from)?;
     let now = jiff::Timestamp::now();
     let mut meta = RecordingMeta {
         name: name.clone(),

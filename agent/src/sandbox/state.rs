@@ -54,6 +54,18 @@ impl StateDir {
         &self.root
     }
 
+    /// Sandbox `name`'s metadata; `NotFound` (naming the state directory) when there is no such sandbox.
+    pub fn sandbox(&self, name: &SandboxName) -> Result<SandboxMeta, SandboxError> {
+        let dir = self.sandbox_dir(name);
+        if !dir.exists() {
+            return Err(SandboxError::NotFound {
+                name: name.to_string(),
+                state_dir: self.root().to_path_buf(),
+            });
+        }
+        SandboxMeta::load(&dir)
+    }
+
     pub fn sandbox_dir(&self, name: &SandboxName) -> PathBuf {
         self.root.join("sandboxes").join(name.as_str())
     }
