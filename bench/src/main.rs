@@ -6,7 +6,8 @@
 //! ```
 //!
 //! (`understudy-bench fork` measures fork-ready time per strategy against dump + restore; its method is in the
-//! doc comment of `fork.rs`.)
+//! doc comment of `fork.rs`; `understudy-bench replay` measures how fast a fork drains a backlog recorded at the
+//! source's maximum rate, its method is in the doc comment of `replay.rs`.)
 //!
 //! # Setup
 //!
@@ -72,6 +73,7 @@ mod lag;
 mod load;
 mod noise;
 mod pgtool;
+mod replay;
 mod rig;
 mod run;
 mod sync;
@@ -109,6 +111,9 @@ enum Command {
     /// Everything above in one run on the same data, at --scale and at 4× (needs root), ending with one table
     /// of ratios against the manual way.
     All(AllArgs),
+    /// Replay headroom: how fast forks drain a backlog recorded at the source's maximum rate (1, 2 and 4
+    /// workers), whether they then equal the sandbox, and live replay lag at 80 % of that rate.
+    Replay(ReplayArgs),
 }
 
 /// The data sizes of the multi-size commands (`fork`, `all`) and the rounds measured at each.
@@ -183,6 +188,29 @@ pub struct DryRunArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// Options of `understudy-bench replay` (method: the doc comment of `bench/src/replay.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// pgbench scale factor of the source (100,000 pgbench_accounts rows each).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scale: u32,
+    /// Seconds of the backlog window: unthrottled pgbench on the source while the forks wait.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub seconds: u32,
+    /// Seconds of the unthrottled pgbench run that measures the source's maximum sustained rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub sustain_seconds: u32,
+    /// Seconds of the throttled pgbench run (80 % of the maximum rate) during which a live replay follows.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub lag_seconds: u32,
+    /// Keep the clusters, the sandbox and the working directory (not the forks), and print how to reach them.
+    #[arg(long)]
+    pub keep: bool,
+    /// Working directory (must not exist); default /tmp/understudy-bench-replay-<pid>.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
 /// Options of `understudy-bench fork` (method: the doc comment of `bench/src/fork.rs`).
 #[derive(Debug, Clone, Args)]
 pub struct ForkArgs {
@@ -243,6 +271,7 @@ fn main() -> std::process::ExitCode {
             Command::Sync(args) => sync_command(args).await,
             Command::Fork(args) => fork::command(args).await,
             Command::Dryrun(args) => dryrun::command(args).await,
+            Command::Replay(args) => replay::command(args).await,
             Command::All(args) => all::command(args).await,
         }
     });

@@ -3,7 +3,10 @@
 //! polled together), and the replies are read after. A statement that fails aborts the transaction, the ones
 //! after it are refused by the server (`25P02`) and the COMMIT rolls back, so the first failure names the table,
 //! the kind and the SQLSTATE exactly as one statement per round trip would. Statements are prepared once per
-//! shape (relation, columns written, NULLs in the identity) and kept for the session.
+//! shape (relation, columns written, NULLs in the identity) and kept for the session. A fork is thrown away, so
+//! its commits do not wait for their WAL to reach the disk (`synchronous_commit = off`): a crash of the fork
+//! loses nothing anyone needs, and a worker is not held back by a disk flush per transaction that production's
+//! group commit spreads over many writers.
 
 use std::collections::HashMap;
 
@@ -36,6 +39,10 @@ pub(super) struct Session {
 
 impl Session {
     pub async fn open(client: Client) -> Result<Self, PgError> {
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(PgError::sql("replay worker settings"))?;
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
