@@ -201,6 +201,7 @@ pub async fn run(opts: AgentOptions, started: impl FnOnce(&AgentRecord)) -> Resu
         runs: Arc::clone(&runs),
         metrics,
         creations: Arc::default(),
+        recordings: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

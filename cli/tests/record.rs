@@ -87,3 +87,99 @@ async fn record_list_show_delete_and_refusals() {
     assert_eq!(capture_slots(&meta).await, 0);
     sandbox::delete(&state, &meta.name, None, false).await.expect("delete");
 }
+
+/// `understudy sweep` lists the recordings nobody owns (expired, a recorder killed mid-window, a staging or
+/// metadata-less directory) beside the forks they leave, keeps a recording that is kept, and `--apply` removes
+/// them with their start points and capture slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_lists_and_removes_the_recordings_nobody_owns() {
+    let root = TempRoot::new("record-sweep");
+    let state = root.state();
+    let source = sample_source(&root, 500).await;
+    let opts = create_options(&root, &source, "shop", Replicate::Publication("shop_pub".into()));
+    let meta = sandbox::create(&opts, &quiet).await.expect("sandbox");
+    let recordings = state.root().join("recordings");
+    for name in ["old", "kept"] {
+        let (code, _, err) = run(&state, &["record", "--sandbox", "shop", "--for", "1s", "--name", name]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let old = recordings.join("old/recording.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&old).expect("read")).expect("json");
+    record["expires_at"] = serde_json::json!("2020-01-01T00:00:00Z");
+    std::fs::write(&old, record.to_string()).expect("write");
+    std::fs::create_dir_all(recordings.join(".staging-ghost.999999999")).expect("staging");
+    std::fs::create_dir_all(recordings.join("junk")).expect("junk");
+
+    // A recorder killed mid-window: its recording and its start point (owned by the dead recorder).
+    let mut child = common::cli(&state)
+        .args(["record", "--sandbox", "shop", "--for", "60s", "--name", "cut"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("record");
+    eventually(std::time::Duration::from_secs(60), "the recording started", || {
+        let started = recordings.join("cut/recording.json").exists();
+        async move { started }
+    })
+    .await;
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let cut: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(recordings.join("cut/recording.json")).expect("read"))
+            .expect("json");
+    let cut_fork = cut["fork"].as_str().expect("fork").to_string();
+    let kept_fork = understudy::recording::list(&state)
+        .into_iter()
+        .find(|r| r.name.as_str() == "kept")
+        .expect("kept")
+        .fork
+        .to_string();
+
+    let (code, out, err) = run(&state, &["sweep"]);
+    assert_eq!(code, Some(0), "{err}");
+    for listed in [
+        "would remove recording old (sandbox shop): it expired",
+        "would remove recording cut (sandbox shop): its recorder",
+        "would remove recording .staging-ghost.999999999",
+        "would remove recording junk: no readable recording metadata",
+    ] {
+        assert!(out.contains(listed), "{listed:?} in:\n{out}");
+    }
+    assert!(
+        out.contains(&format!("fork {cut_fork}")),
+        "the killed recorder's fork is listed:\n{out}"
+    );
+    assert!(!out.contains("recording kept") && !out.contains(&kept_fork), "{out}");
+    assert_eq!(
+        understudy::recording::list(&state).len(),
+        3,
+        "a dry run removes nothing"
+    );
+
+    let (code, out, err) = run(&state, &["sweep", "--apply"]);
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let left: Vec<String> = understudy::recording::list(&state)
+        .into_iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    assert_eq!(left, ["kept"]);
+    let mut dirs: Vec<String> = std::fs::read_dir(&recordings)
+        .expect("recordings")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ["kept"]);
+    let forks: Vec<String> = understudy::fork::list(&state)
+        .into_iter()
+        .map(|f| f.name.to_string())
+        .collect();
+    assert_eq!(forks, [kept_fork], "only the kept recording's start point is left");
+    assert_eq!(capture_slots(&meta).await, 0, "no capture slot is left");
+    let (_, out, _) = run(&state, &["sweep"]);
+    assert!(out.contains("nothing abandoned here"), "{out}");
+
+    let (code, _, err) = run(&state, &["recording", "delete", "kept"]);
+    assert_eq!(code, Some(0), "{err}");
+    sandbox::delete(&state, &meta.name, None, false).await.expect("delete");
+}

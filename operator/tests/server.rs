@@ -23,6 +23,7 @@ async fn the_server_accepts_the_examples_and_refuses_a_broken_dry_run() {
         "sandbox.understudy.dev/shop created",
         "dryrun.understudy.dev/orders-flag created",
         "dryrun.understudy.dev/orders-index-nightly created",
+        "dryrun.understudy.dev/orders-index-peak created",
         "configmap/migration-042 created",
     ] {
         assert!(out.contains(created), "{created} missing from:\n{out}");
@@ -36,7 +37,8 @@ async fn the_server_accepts_the_examples_and_refuses_a_broken_dry_run() {
         vec![
             "sandbox.understudy.dev/shop",
             "dryrun.understudy.dev/orders-flag",
-            "dryrun.understudy.dev/orders-index-nightly"
+            "dryrun.understudy.dev/orders-index-nightly",
+            "dryrun.understudy.dev/orders-index-peak"
         ],
         "{listed}"
     );
@@ -44,7 +46,7 @@ async fn the_server_accepts_the_examples_and_refuses_a_broken_dry_run() {
         .kubectl(&["get", "understudy", "-o", "name"])
         .await
         .expect("kubectl get understudy");
-    assert_eq!(by_category.lines().count(), 3, "{by_category}");
+    assert_eq!(by_category.lines().count(), 4, "{by_category}");
     let columns = cluster.kubectl(&["get", "dr"]).await.expect("kubectl get dr");
     let header = columns.lines().next().unwrap_or_default();
     for column in ["SANDBOX", "PHASE", "VERDICT", "AGE"] {

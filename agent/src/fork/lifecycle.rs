@@ -111,6 +111,16 @@ pub async fn delete(state: &StateDir, name: &SandboxName) -> Result<(), ForkErro
     }
 }
 
+/// Makes fork `name` stand on its own once the process that made it is done with it (a recording's start point):
+/// no process owns it any more, and its expiry removes it.
+pub fn release(state: &StateDir, name: &SandboxName) -> Result<ForkMeta, ForkError> {
+    let dir = fork_dir(state, name);
+    let mut meta = ForkMeta::load(&dir)?;
+    meta.owner_pid = None;
+    meta.save(&dir)?;
+    Ok(meta)
+}
+
 /// Every fork's metadata.
 pub fn list(state: &StateDir) -> Vec<ForkMeta> {
     let mut forks: Vec<ForkMeta> = fork_dirs(state).filter_map(|dir| ForkMeta::load(&dir).ok()).collect();

@@ -219,21 +219,13 @@ pub(super) fn create_dir_with(state: &StateDir, dir: &Path, meta: &ForkMeta) -> 
     let placed = crate::sandbox::state::set_mode(&staging, 0o755)
         .map_err(ForkError::from)
         .and_then(|()| meta.save(&staging))
-        .and_then(|()| {
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &staging,
-                rustix::fs::CWD,
-                dir,
-                rustix::fs::RenameFlags::NOREPLACE,
-            )
-            .map_err(|e| match e {
-                rustix::io::Errno::EXIST => ForkError::Exists(meta.name.to_string()),
-                e => ForkError::Io {
-                    what: format!("renaming {} to {}", staging.display(), dir.display()),
-                    source: e.into(),
-                },
-            })
+        .and_then(|()| match crate::sandbox::state::rename_new(&staging, dir) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ForkError::Exists(meta.name.to_string())),
+            Err(source) => Err(ForkError::Io {
+                what: format!("renaming {} to {}", staging.display(), dir.display()),
+                source,
+            }),
         });
     if placed.is_err() {
         let _ = std::fs::remove_dir_all(&staging);

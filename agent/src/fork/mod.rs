@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 pub use clone::clone_stopped;
-pub use lifecycle::{abandoned, delete, ensure_enabled, list, sweep};
+pub use lifecycle::{abandoned, delete, ensure_enabled, list, release, sweep};
 pub use meta::{ForkError, ForkMeta, ForkOptions, ForkPhase, ForkTimings, default_name};
 pub use strategy::Strategy;
 

@@ -17,6 +17,9 @@ use crate::pgoutput::{self, Message};
 use crate::replay::capture::{CaptureError, CaptureReader};
 use crate::replay::stream;
 pub use crate::replay::stream::{StreamError, StreamReader};
+pub use sweep::{Abandoned, abandoned, remove, sweep};
+
+mod sweep;
 use crate::sandbox::{StateDir, cluster_of};
 use crate::source::SandboxName;
 
@@ -39,6 +42,8 @@ pub enum RecordingError {
     NotReady { name: String, phase: &'static str },
     #[error("corrupt recording metadata: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl crate::error::Classify for RecordingError {
@@ -50,7 +55,7 @@ impl crate::error::Classify for RecordingError {
             RecordingError::Stream(e) => e.kind(),
             RecordingError::NotFound(_) => ErrorKind::NotFound,
             RecordingError::Exists(_) => ErrorKind::Conflict,
-            RecordingError::Expired { .. } => ErrorKind::Invalid,
+            RecordingError::Expired { .. } | RecordingError::Invalid(_) => ErrorKind::Invalid,
             RecordingError::NotReady { .. } => ErrorKind::NotReady,
         }
     }
@@ -75,14 +80,17 @@ impl RecordingPhase {
 }
 
 /// A recording's record (`recording.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordingMeta {
+    #[schema(value_type = String)]
     pub name: SandboxName,
+    #[schema(value_type = String)]
     pub sandbox: SandboxName,
     /// The sandbox's copy generation the window was recorded on.
     pub sandbox_generation: u32,
     pub phase: RecordingPhase,
     /// The fork at the window's start.
+    #[schema(value_type = String)]
     pub fork: SandboxName,
     pub start_lsn: Lsn,
     /// The end of the last transaction recorded (`start_lsn` when none was).
@@ -106,6 +114,11 @@ pub struct RecordingMeta {
     pub expires_at: jiff::Timestamp,
 }
 
+/// The longest window a recording may have.
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The longest a recording may be kept.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What to record.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -115,6 +128,29 @@ pub struct RecordOptions {
     pub window: Duration,
     /// How long the recording (and its fork) is kept.
     pub ttl: Duration,
+}
+
+impl RecordOptions {
+    /// Refuses a window or a TTL out of range, naming the field.
+    pub fn check(&self) -> Result<(), RecordingError> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if self.window < Duration::from_secs(1) || self.window > MAX_WINDOW {
+            return Err(RecordingError::Invalid(format!(
+                "for: the window {} is out of range (1s to {})",
+                show(self.window),
+                show(MAX_WINDOW)
+            )));
+        }
+        if self.ttl < self.window || self.ttl > MAX_TTL {
+            return Err(RecordingError::Invalid(format!(
+                "ttl: {} is out of range (at least the window, {}, and at most {})",
+                show(self.ttl),
+                show(self.window),
+                show(MAX_TTL)
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn recordings_dir(state: &StateDir) -> PathBuf {
@@ -175,6 +211,7 @@ pub fn list(state: &StateDir) -> Vec<RecordingMeta> {
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| !sweep::is_staging(&e.file_name().to_string_lossy()))
         .filter_map(|e| RecordingMeta::load(&e.path()).ok())
         .collect();
     out.sort_by_key(|r| r.created_at);
@@ -217,27 +254,13 @@ pub async fn delete(state: &StateDir, name: &SandboxName) -> Result<(), Recordin
     Ok(())
 }
 
-/// Removes expired recordings and those whose recorder is gone before they were finished; their names.
-pub async fn sweep(state: &StateDir) -> Result<Vec<String>, RecordingError> {
-    let now = jiff::Timestamp::now();
-    let mut removed = Vec::new();
-    for meta in list(state) {
-        let abandoned =
-            meta.phase == RecordingPhase::Recording && !Path::new(&format!("/proc/{}", meta.recorder_pid)).exists();
-        if meta.expires_at < now || abandoned {
-            delete(state, &meta.name).await?;
-            removed.push(meta.name.to_string());
-        }
-    }
-    Ok(removed)
-}
-
 /// Records the sandbox's write stream for `opts.window`. What it made is removed if it fails.
 pub async fn take(
     state: &StateDir,
     opts: &RecordOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RecordingMeta, RecordingError> {
+    opts.check()?;
     let name = match &opts.name {
         Some(n) => n.clone(),
         None => fork::default_name(&opts.sandbox)?,
@@ -246,6 +269,8 @@ pub async fn take(
     if dir.exists() {
         return Err(RecordingError::Exists(name.to_string()));
     }
+    // The recorder owns the start point until the window is recorded; a recorder killed meanwhile leaves a fork
+    // the sweep removes.
     let fork = fork::create(
         state,
         &ForkOptions {
@@ -253,31 +278,62 @@ pub async fn take(
             name: None,
             strategy: None,
             ttl: opts.ttl,
-            owner_pid: None,
+            owner_pid: Some(std::process::id()),
         },
         say,
     )
     .await?;
     let made = async {
-        std::fs::create_dir_all(&dir).map_err(|source| StreamError::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-        record_window(state, opts, &name, &fork, &dir, say).await
+        let meta = RecordingMeta::starting(opts, &name, &fork);
+        sweep::create_dir_with(state, &dir, &meta)?;
+        let meta = record_window(state, opts, meta, &fork, &dir, say).await?;
+        fork::release(state, &fork.name)?;
+        Ok(meta)
     }
     .await;
     if made.is_err() {
         let _ = fork::delete(state, &fork.name).await;
-        let _ = std::fs::remove_dir_all(&dir);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
     made
+}
+
+impl RecordingMeta {
+    /// The record of a window that starts now at fork `fork`.
+    fn starting(opts: &RecordOptions, name: &SandboxName, fork: &ForkMeta) -> Self {
+        let now = jiff::Timestamp::now();
+        RecordingMeta {
+            name: name.clone(),
+            sandbox: opts.sandbox.clone(),
+            sandbox_generation: fork.sandbox_generation,
+            phase: RecordingPhase::Recording,
+            fork: fork.name.clone(),
+            start_lsn: fork.lsn.unwrap_or_default(),
+            end_lsn: fork.lsn.unwrap_or_default(),
+            window_start: now,
+            window_end: None,
+            first_commit: None,
+            last_commit: None,
+            transactions: 0,
+            changes: 0,
+            bytes: 0,
+            raw_bytes: 0,
+            tables: BTreeSet::new(),
+            sha256: None,
+            recorder_pid: std::process::id(),
+            created_at: now,
+            expires_at: fork.expires_at,
+        }
+    }
 }
 
 /// The window itself: the fork stopped, the capture slot drained into the stream, then dropped.
 async fn record_window(
     state: &StateDir,
     opts: &RecordOptions,
-    name: &SandboxName,
+    mut meta: RecordingMeta,
     fork: &ForkMeta,
     dir: &Path,
     say: &(dyn Fn(&str) + Sync),
@@ -286,30 +342,7 @@ async fn record_window(
         cluster.stop(crate::pg::StopMode::Fast).await.map_err(ForkError::from)?;
     }
     let sandbox = state.sandbox(&opts.sandbox).map_err(ForkError::from)?;
-    let now = jiff::Timestamp::now();
-    let mut meta = RecordingMeta {
-        name: name.clone(),
-        sandbox: opts.sandbox.clone(),
-        sandbox_generation: fork.sandbox_generation,
-        phase: RecordingPhase::Recording,
-        fork: fork.name.clone(),
-        start_lsn: fork.lsn.unwrap_or_default(),
-        end_lsn: fork.lsn.unwrap_or_default(),
-        window_start: now,
-        window_end: None,
-        first_commit: None,
-        last_commit: None,
-        transactions: 0,
-        changes: 0,
-        bytes: 0,
-        raw_bytes: 0,
-        tables: BTreeSet::new(),
-        sha256: None,
-        recorder_pid: std::process::id(),
-        created_at: now,
-        expires_at: fork.expires_at,
-    };
-    meta.save(dir)?;
+    let name = &meta.name;
     say(&format!(
         "recording {name} of sandbox {} for {}: start point {} (fork {})",
         opts.sandbox,

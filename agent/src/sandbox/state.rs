@@ -413,6 +413,22 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
         .map_err(|e| SandboxError::io(format!("setting the mode of {}", path.display()), e))
 }
 
+/// Renames `from` to `to` only if nothing is at `to` (`Ok(false)` when something is): how a directory appears
+/// under its name only once its metadata is in it.
+pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<bool> {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What the sandboxes of `state` own on their sources (for `sweep --source`): their recorded names, or the names
 /// a sandbox directory implies when its metadata cannot be read (never sweep what a sandbox here may own).
 pub fn owned_on_sources(state: &StateDir) -> crate::source::sweep::Owned {

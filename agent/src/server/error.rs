@@ -20,6 +20,15 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+impl ErrorBody {
+    pub fn of(err: &(impl Classify + std::fmt::Display)) -> Self {
+        ErrorBody {
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+}
+
 /// `{"error": ...}`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorResponse {

@@ -6,6 +6,7 @@ pub mod dryruns;
 pub mod error;
 pub mod health;
 pub mod openapi;
+pub mod recordings;
 pub mod sandboxes;
 mod tls;
 
@@ -32,6 +33,8 @@ pub struct App {
     pub runs: Arc<Runs>,
     pub metrics: Arc<Metrics>,
     pub creations: Arc<sandboxes::Creations>,
+    /// Recordings this agent takes, and those that failed.
+    pub recordings: Arc<sandboxes::Creations>,
 }
 
 /// The routes: `/v1/...` behind the token, the probes and metrics open.
@@ -44,6 +47,11 @@ pub fn router(app: App, token: Arc<Token>) -> Router {
         )
         .route("/v1/sandboxes/{name}/source", axum::routing::put(sandboxes::set_source))
         .route("/v1/sandboxes/{name}/resync", post(sandboxes::resync))
+        .route("/v1/recordings", get(recordings::list).post(recordings::take))
+        .route(
+            "/v1/recordings/{name}",
+            get(recordings::show).delete(recordings::delete),
+        )
         .route("/v1/dryruns", get(dryruns::list).post(dryruns::start))
         .route("/v1/dryruns/{id}", get(dryruns::show).delete(dryruns::remove))
         .route("/v1/dryruns/{id}/events", get(dryruns::events))

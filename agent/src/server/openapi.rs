@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dryruns, health, sandboxes};
+use super::{dryruns, health, recordings, sandboxes};
 
 struct Bearer;
 
@@ -43,6 +43,10 @@ impl Modify for Bearer {
         sandboxes::update,
         sandboxes::set_source,
         sandboxes::resync,
+        recordings::list,
+        recordings::take,
+        recordings::show,
+        recordings::delete,
         dryruns::list,
         dryruns::start,
         dryruns::show,
@@ -55,6 +59,7 @@ impl Modify for Bearer {
     modifiers(&Bearer),
     tags(
         (name = "sandboxes", description = "Sandboxes of the agent's state directory"),
+        (name = "recordings", description = "Windows of a sandbox's write stream kept for dry-runs later"),
         (name = "dryruns", description = "Dry-runs of migrations on forks of a sandbox"),
         (name = "probes", description = "Health, readiness and metrics (no token)"),
     )

@@ -73,12 +73,13 @@ pub struct SandboxView {
     pub supervision: Option<Supervision>,
 }
 
-/// Sandboxes this agent creates, and the creations that failed.
+/// What this agent builds in the background by name (sandboxes, recordings), and what failed.
 #[derive(Default)]
 pub struct Creations(Mutex<BTreeMap<String, Option<ErrorBody>>>);
 
 impl Creations {
-    fn get(&self, name: &str) -> Option<Option<ErrorBody>> {
+    /// `Some(None)` while in progress, `Some(Some(error))` once failed, `None` when unknown or done.
+    pub(super) fn get(&self, name: &str) -> Option<Option<ErrorBody>> {
         self.0.lock().ok().and_then(|c| c.get(name).cloned())
     }
 
@@ -102,7 +103,12 @@ impl Creations {
             .unwrap_or_default()
     }
 
-    fn set(&self, name: &str, state: Option<Option<ErrorBody>>) {
+    /// Every name in progress or failed.
+    pub(super) fn names(&self) -> Vec<String> {
+        self.0.lock().map(|c| c.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    pub(super) fn set(&self, name: &str, state: Option<Option<ErrorBody>>) {
         if let Ok(mut c) = self.0.lock() {
             match state {
                 Some(s) => {
@@ -196,13 +202,7 @@ pub async fn create(
             Err(e) => {
                 metrics.error(e.kind());
                 tracing::warn!(sandbox = %task_name, error = %e, "sandbox creation failed");
-                creations.set(
-                    &task_name,
-                    Some(Some(ErrorBody {
-                        kind: e.kind(),
-                        message: e.to_string(),
-                    })),
-                );
+                creations.set(&task_name, Some(Some(ErrorBody::of(&e))));
             }
         }
     });

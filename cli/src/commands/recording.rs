@@ -69,7 +69,8 @@ pub async fn record(args: RecordArgs, state: StateDir) -> anyhow::Result<ExitCod
         window: args.window.get(),
         ttl: args.ttl.get(),
     };
-    // The sandbox must exist before anything waits.
+    // The window and the sandbox are checked before anything waits.
+    opts.check()?;
     state.sandbox(&opts.sandbox)?;
     if !matches!(schedule, Schedule::Now)
         && let Some(first) = schedule.upcoming(&jiff::Zoned::now(), 1)?.first()

@@ -1,5 +1,5 @@
 //! `understudy sweep`: what nobody owns, listed (the default) or removed (`--apply`): locally the forks, fork
-//! files and capture slots of no run; with `--source`, the slots and publications named by Understudy on the
+//! files and capture slots of no run, and the recordings that expired or whose recorder is gone; with `--source`, the slots and publications named by Understudy on the
 //! source that no sandbox of this state directory owns.
 
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use understudy::fork::orphans::{self, Orphan};
 use understudy::pg::connect::connect_source;
+use understudy::recording::{self, Abandoned as AbandonedRecording};
 use understudy::sandbox::StateDir;
 use understudy::source::sweep::{self as source_sweep, Abandoned, Removal};
 
@@ -32,12 +33,18 @@ pub struct SweepArgs {
 struct Swept {
     applied: bool,
     local: Vec<Orphan>,
+    recordings: Vec<AbandonedRecording>,
     source: Vec<Abandoned>,
     /// What the source's role may not drop, and what to run instead.
     refused: Vec<(Abandoned, String)>,
 }
 
 pub async fn run(args: SweepArgs, state: StateDir) -> anyhow::Result<ExitCode> {
+    let mut recordings = recording::abandoned(&state);
+    if args.apply {
+        // First, so that the forks of the recordings removed here are not listed again below.
+        recordings = recording::remove(&state, &recordings).await?;
+    }
     let mut local = orphans::find(&state).await?;
     let mut source = Vec::new();
     let client = match &args.source {
@@ -60,6 +67,7 @@ pub async fn run(args: SweepArgs, state: StateDir) -> anyhow::Result<ExitCode> {
     let swept = Swept {
         applied: args.apply,
         local,
+        recordings,
         source,
         refused,
     };
@@ -85,6 +93,14 @@ fn print(swept: &Swept, with_source: bool) {
             .unwrap_or_default();
         println!("{verb} {} {}{of}: {}", o.kind.as_str(), o.name, o.why);
     }
+    for r in &swept.recordings {
+        let of = r
+            .sandbox
+            .as_deref()
+            .map(|s| format!(" (sandbox {s})"))
+            .unwrap_or_default();
+        println!("{verb} recording {}{of}: {}", r.name, r.why);
+    }
     for a in &swept.source {
         let keeps = a
             .retained_bytes
@@ -99,7 +115,8 @@ fn print(swept: &Swept, with_source: bool) {
     for (a, fix) in &swept.refused {
         println!("left {} {} on the source: {fix}", a.kind.as_str(), a.name);
     }
-    if swept.local.is_empty() && swept.source.is_empty() && swept.refused.is_empty() {
+    let nothing = swept.local.is_empty() && swept.recordings.is_empty();
+    if nothing && swept.source.is_empty() && swept.refused.is_empty() {
         let place = if with_source { "here or on the source" } else { "here" };
         println!("nothing abandoned {place}");
     } else if !swept.applied {

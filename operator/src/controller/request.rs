@@ -138,6 +138,9 @@ pub fn request(
     r.statement_timeout = duration("statementTimeout", &s.statement_timeout)?;
     r.max_sandbox_lag = duration("maxSandboxLag", &s.max_sandbox_lag)?;
     r.workers = s.workers.map(|w| w as usize);
+    r.recording = s.recording.clone();
+    r.speed = s.speed.clone();
+    r.migrate_at = duration("migrateAt", &s.migrate_at)?;
     if let Some(t) = &s.thresholds {
         r.thresholds = ThresholdOverrides {
             max_failed_writes: t.max_failed_writes.map(|v| v as usize),
@@ -287,6 +290,17 @@ mod tests {
         assert_eq!(r.thresholds.rollback, Some(RollbackPolicy::Require));
         assert_eq!(r.simulate_readers[0].table, "orders");
         assert_eq!(r.schedule, ScheduleSpec::default(), "the controller times the schedule");
+        assert_eq!((r.recording, r.speed, r.migrate_at), (None, None, None));
+    }
+
+    #[test]
+    fn a_dry_run_on_a_recording_passes_its_speed_and_offset() {
+        let dr = dry_run(serde_json::json!({"sandbox": "shop", "up": "CREATE INDEX i ON t (x);",
+            "recording": "peak", "speed": "2", "migrateAt": "4m"}));
+        let (r, _) = request(&dr, up("CREATE INDEX i ON t (x);"), None, None).expect("valid");
+        assert_eq!(r.recording.as_deref(), Some("peak"));
+        assert_eq!(r.speed.as_deref(), Some("2"));
+        assert_eq!(r.migrate_at, Some("4m".parse().expect("d")));
     }
 
     #[test]
@@ -313,6 +327,18 @@ mod tests {
                 "schedule:",
             ),
             (serde_json::json!({"sandbox": "Shop", "up": "SELECT 1;"}), "sandbox:"),
+            (
+                serde_json::json!({"sandbox": "shop", "up": "SELECT 1;", "speed": "2"}),
+                "speed needs a recording",
+            ),
+            (
+                serde_json::json!({"sandbox": "shop", "up": "SELECT 1;", "recording": "peak", "speed": "0"}),
+                "speed",
+            ),
+            (
+                serde_json::json!({"sandbox": "shop", "up": "SELECT 1;", "recording": "peak", "migrateAt": "4"}),
+                "migrateAt:",
+            ),
         ];
         for (spec, expected) in cases {
             let dr = dry_run(spec.clone());

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// A duration in the agent's grammar, compact form: `500ms`, `30s`, `10m`, `2h`, `1d`, `1h30m`.
 const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h|d))+$')";
 const DURATION_MESSAGE: &str = "a duration with a unit, e.g. 500ms, 30s, 10m, 2h or 1h30m";
+const SPEED_RULE: &str = "self == 'max' || (self.matches('^[0-9]+([.][0-9]+)?x?$') && !self.matches('^0+([.]0+)?x?$'))";
+const SPEED_MESSAGE: &str = "a number above 0 (1 is the recorded pace, 2 twice as fast) or max";
 
 /// A key of a ConfigMap in the DryRun's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, kube::KubeSchema)]
@@ -85,6 +87,7 @@ pub struct SimulatedReaderSpec {
     validation = Rule::new("has(self.spec.up) != has(self.spec.upConfigMapRef)").message("give up or upConfigMapRef"),
     validation = Rule::new("!(has(self.spec.down) && has(self.spec.downConfigMapRef))").message("give down or downConfigMapRef, not both"),
     validation = Rule::new("!(has(self.spec.checks) && has(self.spec.checksConfigMapRef))").message("give checks or checksConfigMapRef, not both"),
+    validation = Rule::new("has(self.spec.recording) || !(has(self.spec.speed) || has(self.spec.migrateAt))").message("speed and migrateAt need a recording: a live dry-run replays production's writes as they come"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DryRunSpec {
@@ -117,6 +120,20 @@ pub struct DryRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub after: Option<String>,
+    /// Run on this recording of the sandbox (`understudy record`, `POST /v1/recordings`) instead of the live
+    /// stream: fork its start point and replay its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+    /// How fast the recording is replayed: 1 (its pace), 2 ("what if traffic doubles"), 4, ... or max
+    /// [default: 1]. Needs recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(SPEED_RULE).message(SPEED_MESSAGE))]
+    pub speed: Option<String>,
+    /// Where in the recording's window the migration starts, in recorded time [default: the warm-up]. Needs
+    /// recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub migrate_at: Option<String>,
     /// The whole run's limit [default: 30m].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]

@@ -157,6 +157,36 @@ mod tests {
     }
 
     #[test]
+    fn a_recordings_speed_and_offset_are_checked() {
+        let on = |extra: serde_json::Value| {
+            let mut spec = serde_json::json!({"sandbox": "shop", "up": "SELECT 1;"});
+            if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+                s.extend(e.clone());
+            }
+            message(validate_cel(&dry_run(spec)))
+        };
+        for speed in ["1", "2", "2x", "0.5", "max"] {
+            assert_eq!(
+                on(serde_json::json!({"recording": "peak", "speed": speed})),
+                "",
+                "{speed}"
+            );
+        }
+        for speed in ["0", "0.0", "-1", "fast", "x"] {
+            let m = on(serde_json::json!({"recording": "peak", "speed": speed}));
+            assert!(m.contains("a number above 0"), "{speed}: {m}");
+        }
+        assert_eq!(on(serde_json::json!({"recording": "peak", "migrateAt": "4m"})), "");
+        assert!(on(serde_json::json!({"recording": "peak", "migrateAt": "4"})).contains("a duration with a unit"));
+        for live in [
+            serde_json::json!({"speed": "2"}),
+            serde_json::json!({"migrateAt": "4m"}),
+        ] {
+            assert!(on(live.clone()).contains("need a recording"), "{live}");
+        }
+    }
+
+    #[test]
     fn a_dry_runs_sandbox_is_immutable() {
         let old = dry_run(serde_json::json!({"sandbox": "shop", "up": "SELECT 1;"}));
         let mut new = old.clone();
