@@ -7,7 +7,7 @@
 //!
 //! (`understudy-bench fork` measures fork-ready time per strategy against dump + restore; its method is in the
 //! doc comment of `fork.rs`; `understudy-bench replay` measures how fast a fork drains a backlog recorded at the
-//! source's maximum rate, its method is in the doc comment of `replay.rs`.)
+//! source's maximum rate, its method is in the doc comment of `replay/mod.rs`.)
 //!
 //! # Setup
 //!
@@ -188,7 +188,7 @@ pub struct DryRunArgs {
     pub dir: Option<PathBuf>,
 }
 
-/// Options of `understudy-bench replay` (method: the doc comment of `bench/src/replay.rs`).
+/// Options of `understudy-bench replay` (method: the doc comment of `bench/src/replay/mod.rs`).
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// pgbench scale factor of the source (100,000 pgbench_accounts rows each).

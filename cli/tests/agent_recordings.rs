@@ -80,6 +80,13 @@ async fn recordings_through_the_api() {
     assert_eq!(code, 409, "no delete while the window is recorded: {answer}");
     let view = wait_recorded(&agent, "peak").await;
     writer.stop().await.expect("writer");
+    let (code, answer) = agent
+        .post(
+            "/v1/recordings",
+            &json!({"sandbox": "shop", "name": "peak", "for": "3s"}),
+        )
+        .await;
+    assert_eq!(code, 409, "the name is taken by the recording on disk: {answer}");
     let transactions = view["recording"]["transactions"].as_u64().unwrap_or(0);
     assert!(transactions > 20, "{view}");
     assert_eq!(view["recording"]["sandbox"], "shop");

@@ -8,7 +8,7 @@ use crate::sandbox::StateDir;
 
 /// The recording `r` names, if a dry-run of `opts` may run on it.
 pub(crate) fn check(state: &StateDir, opts: &DryRunOptions, r: &Recorded) -> Result<RecordingMeta, DryRunError> {
-    let (meta, _) = recording::open(state, &r.name)?;
+    let meta = recording::verified(state, &r.name)?;
     if meta.sandbox != opts.sandbox {
         return Err(RequestError(format!(
             "recording: {} is a recording of sandbox {}, not of {}; run the dry-run on sandbox {} or record {} \

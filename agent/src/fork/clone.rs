@@ -54,7 +54,7 @@ pub async fn clone_stopped(
                     .unwrap_or(now),
                 timings: ForkTimings::default(),
             };
-            create_dir_with(state, &dir, &meta)?;
+            create_dir_with(&dir, &meta)?;
             made.push((meta.clone(), dir.clone()));
             copy(&sandbox, start, &meta, state).await?;
             meta.timings.copy_ms = t.elapsed().as_millis() as u64;

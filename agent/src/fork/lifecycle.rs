@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use super::Strategy;
 use super::meta::{ForkError, ForkMeta, ForkPhase, fork_dir, fork_dirs, io};
 use crate::pg::{PgError, quote_ident};
-use crate::sandbox::{PAUSE_LOCK, SandboxMeta, SandboxState, StateDir, cluster_of};
+use crate::sandbox::{PAUSE_LOCK, SandboxMeta, SandboxState, StateDir, cluster_of, staging};
 use crate::source::SandboxName;
 
 /// Removes a fork: its server and files (or database), and its capture slot on the sandbox.
@@ -131,23 +131,18 @@ pub fn list(state: &StateDir) -> Vec<ForkMeta> {
 /// Why nobody owns fork `meta` any more (`None` while somebody does): its creation was interrupted, the run that
 /// owned it is gone, or it expired.
 pub fn abandoned(meta: &ForkMeta, now: jiff::Timestamp) -> Option<String> {
-    if meta.phase == ForkPhase::Creating && !alive(meta.creator_pid) {
+    if meta.phase == ForkPhase::Creating && !staging::alive(meta.creator_pid) {
         Some(format!(
             "its creation was interrupted (pid {} is gone)",
             meta.creator_pid
         ))
-    } else if let Some(pid) = meta.owner_pid.filter(|pid| !alive(*pid)) {
+    } else if let Some(pid) = meta.owner_pid.filter(|pid| !staging::alive(*pid)) {
         Some(format!("the run that owned it (pid {pid}) is gone"))
     } else if meta.expires_at < now {
         Some(format!("it expired at {}", meta.expires_at))
     } else {
         None
     }
-}
-
-/// Whether process `pid` is alive.
-pub(super) fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Removes expired forks and forks whose creation was interrupted or whose run is gone; returns their names.

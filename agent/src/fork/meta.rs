@@ -10,6 +10,7 @@ use crate::lsn::Lsn;
 use crate::pg::cluster::Cluster;
 use crate::pg::os_user::RunAs;
 use crate::pg::{ClusterConfig, PgBinaries, PgError};
+use crate::sandbox::staging::{self, PlaceError};
 use crate::sandbox::{SandboxError, SandboxMeta, StateDir};
 use crate::source::SandboxName;
 
@@ -186,51 +187,24 @@ pub(super) fn fork_dir(state: &StateDir, name: &SandboxName) -> PathBuf {
     forks_dir(state).join(name.as_str())
 }
 
-/// Where fork `name` is staged by process `pid` until its metadata is written: a fork's directory appears under
-/// its name only with `fork.json` in it, so a directory without metadata is never a fork being made.
-pub(super) fn staging_dir(state: &StateDir, name: &SandboxName, pid: u32) -> PathBuf {
-    forks_dir(state).join(format!("{STAGING_PREFIX}{name}.{pid}"))
-}
-
-/// The prefix of staging directories (a fork name never starts with a dot).
-pub(super) const STAGING_PREFIX: &str = ".staging-";
-
 /// The directories of the forks in `state` (not the staging ones).
 pub(super) fn fork_dirs(state: &StateDir) -> impl Iterator<Item = PathBuf> {
     std::fs::read_dir(forks_dir(state))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with(STAGING_PREFIX))
+        .filter(|e| !staging::is_staging(&e.file_name().to_string_lossy()))
         .map(|e| e.path())
 }
 
-/// The pid of the process staging `file_name`, if it is a staging directory's name.
-pub(super) fn staging_pid(file_name: &str) -> Option<u32> {
-    let rest = file_name.strip_prefix(STAGING_PREFIX)?;
-    rest.rsplit_once('.')?.1.parse().ok()
-}
-
-/// Makes fork directory `dir` with `meta` in it: staged under a hidden name, then renamed into place without
-/// replacing anything (`Exists` if a fork of that name appeared meanwhile).
-pub(super) fn create_dir_with(state: &StateDir, dir: &Path, meta: &ForkMeta) -> Result<(), ForkError> {
-    let staging = staging_dir(state, &meta.name, std::process::id());
-    std::fs::create_dir(&staging).map_err(io(format!("creating {}", staging.display())))?;
-    let placed = crate::sandbox::state::set_mode(&staging, 0o755)
-        .map_err(ForkError::from)
-        .and_then(|()| meta.save(&staging))
-        .and_then(|()| match crate::sandbox::state::rename_new(&staging, dir) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ForkError::Exists(meta.name.to_string())),
-            Err(source) => Err(ForkError::Io {
-                what: format!("renaming {} to {}", staging.display(), dir.display()),
-                source,
-            }),
-        });
-    if placed.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    placed
+/// Makes fork directory `dir` with `meta` in it (`sandbox::staging`; `Exists` if a fork of that name appeared
+/// meanwhile).
+pub(super) fn create_dir_with(dir: &Path, meta: &ForkMeta) -> Result<(), ForkError> {
+    staging::place(dir, |staging| meta.save(staging)).map_err(|e| match e {
+        PlaceError::Fill(e) => e,
+        PlaceError::Exists => ForkError::Exists(meta.name.to_string()),
+        PlaceError::Io { what, source } => ForkError::Io { what, source },
+    })
 }
 
 /// A fresh fork name for `sandbox`: `<sandbox>-<6 hex digits>`.

@@ -151,7 +151,7 @@ async fn create_set(
                 .unwrap_or(now),
             timings: ForkTimings::default(),
         };
-        if let Err(e) = meta::create_dir_with(state, &dir, &meta) {
+        if let Err(e) = meta::create_dir_with(&dir, &meta) {
             for (meta, dir) in &set {
                 let _ = remove(state, meta, dir).await;
             }

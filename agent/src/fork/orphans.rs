@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::lifecycle::{abandoned, alive, remove as remove_fork};
-use super::meta::{ForkError, ForkMeta, forks_dir, io, staging_pid};
+use super::lifecycle::{abandoned, remove as remove_fork};
+use super::meta::{ForkError, ForkMeta, forks_dir, io};
 use crate::pg::PgError;
+use crate::sandbox::staging;
 use crate::sandbox::{SandboxMeta, StateDir, cluster_of};
 use crate::source::SandboxName;
 
@@ -61,17 +62,17 @@ pub async fn find(state: &StateDir) -> Result<Vec<Orphan>, ForkError> {
     for entry in std::fs::read_dir(forks_dir(state)).into_iter().flatten().flatten() {
         let dir = entry.path();
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = staging_pid(&file_name) {
-            if alive(pid) {
-                forming = true;
-            } else {
+        if staging::is_staging(&file_name) {
+            if staging::abandoned(&file_name) {
                 found.push(Orphan {
                     kind: LocalKind::ForkFiles,
                     name: file_name,
                     sandbox: None,
-                    why: format!("a fork's staging whose process (pid {pid}) is gone"),
+                    why: "a fork's staging whose process is gone".into(),
                     path: Some(dir),
                 });
+            } else {
+                forming = true;
             }
             continue;
         }

@@ -211,7 +211,7 @@ pub fn list(state: &StateDir) -> Vec<RecordingMeta> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| !sweep::is_staging(&e.file_name().to_string_lossy()))
+        .filter(|e| !crate::sandbox::staging::is_staging(&e.file_name().to_string_lossy()))
         .filter_map(|e| RecordingMeta::load(&e.path()).ok())
         .collect();
     out.sort_by_key(|r| r.created_at);
@@ -220,6 +220,13 @@ pub fn list(state: &StateDir) -> Vec<RecordingMeta> {
 
 /// A ready, unexpired recording whose stream matches its checksum, opened for reading.
 pub fn open(state: &StateDir, name: &SandboxName) -> Result<(RecordingMeta, StreamReader), RecordingError> {
+    let meta = verified(state, name)?;
+    let reader = StreamReader::open(&stream_path(state, &meta))?;
+    Ok((meta, reader))
+}
+
+/// Recording `name`, if it is ready, unexpired and its stream matches its checksum.
+pub fn verified(state: &StateDir, name: &SandboxName) -> Result<RecordingMeta, RecordingError> {
     let meta = load(state, name)?;
     if meta.phase != RecordingPhase::Ready {
         return Err(RecordingError::NotReady {
@@ -233,10 +240,8 @@ pub fn open(state: &StateDir, name: &SandboxName) -> Result<(RecordingMeta, Stre
             at: meta.expires_at,
         });
     }
-    let path = stream_path(state, &meta);
-    stream::verify(&path, meta.sha256.as_deref().unwrap_or_default())?;
-    let reader = StreamReader::open(&path)?;
-    Ok((meta, reader))
+    stream::verify(&stream_path(state, &meta), meta.sha256.as_deref().unwrap_or_default())?;
+    Ok(meta)
 }
 
 /// Deletes recording `name`: its fork, its capture slot if it is still there, and its files.
@@ -285,7 +290,7 @@ pub async fn take(
     .await?;
     let made = async {
         let meta = RecordingMeta::starting(opts, &name, &fork);
-        sweep::create_dir_with(state, &dir, &meta)?;
+        sweep::create_dir_with(&dir, &meta)?;
         let meta = record_window(state, opts, meta, &fork, &dir, say).await?;
         fork::release(state, &fork.name)?;
         Ok(meta)

@@ -9,8 +9,7 @@ use serde::Serialize;
 
 use super::{RecordingError, RecordingMeta, RecordingPhase, StreamError, delete, recordings_dir};
 use crate::sandbox::StateDir;
-
-const STAGING_PREFIX: &str = ".staging-";
+use crate::sandbox::staging::{self, PlaceError};
 
 /// A recording, or a recording's files, that nobody owns.
 #[derive(Debug, Clone, Serialize)]
@@ -24,24 +23,9 @@ pub struct Abandoned {
     has_meta: bool,
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// The pid of the process staging `file_name`, if it is a staging directory's name.
-fn staging_pid(file_name: &str) -> Option<u32> {
-    let rest = file_name.strip_prefix(STAGING_PREFIX)?;
-    rest.rsplit_once('.')?.1.parse().ok()
-}
-
-/// Whether `file_name` names a staging directory (not a recording).
-pub(super) fn is_staging(file_name: &str) -> bool {
-    file_name.starts_with(STAGING_PREFIX)
-}
-
 /// Why nobody owns recording `meta` (`None` while somebody does or it is kept).
 fn why(meta: &RecordingMeta, now: jiff::Timestamp) -> Option<String> {
-    if meta.phase == RecordingPhase::Recording && !alive(meta.recorder_pid) {
+    if meta.phase == RecordingPhase::Recording && !staging::alive(meta.recorder_pid) {
         Some(format!(
             "its recorder (pid {}) is gone before the window ended",
             meta.recorder_pid
@@ -60,16 +44,15 @@ pub fn abandoned(state: &StateDir) -> Vec<Abandoned> {
     for entry in std::fs::read_dir(recordings_dir(state)).into_iter().flatten().flatten() {
         let path = entry.path();
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        if is_staging(&file_name) {
-            match staging_pid(&file_name) {
-                Some(pid) if alive(pid) => {}
-                _ => found.push(Abandoned {
+        if staging::is_staging(&file_name) {
+            if staging::abandoned(&file_name) {
+                found.push(Abandoned {
                     why: "a recording's staging whose process is gone".into(),
                     name: file_name,
                     sandbox: None,
                     path,
                     has_meta: false,
-                }),
+                });
             }
             continue;
         }
@@ -126,23 +109,12 @@ pub async fn sweep(state: &StateDir) -> Result<Vec<String>, RecordingError> {
     Ok(removed.into_iter().map(|a| a.name).collect())
 }
 
-/// Makes recording directory `dir` with `meta` in it: staged under a hidden name, then renamed into place without
-/// replacing anything (`Exists` if a recording of that name appeared meanwhile).
-pub(super) fn create_dir_with(state: &StateDir, dir: &Path, meta: &RecordingMeta) -> Result<(), RecordingError> {
-    let staging = recordings_dir(state).join(format!("{STAGING_PREFIX}{}.{}", meta.name, std::process::id()));
-    let io = |what: String| move |source| RecordingError::Stream(StreamError::Io { what, source });
-    std::fs::create_dir_all(&staging).map_err(io(format!("creating {}", staging.display())))?;
-    let placed = meta
-        .save(&staging)
-        .and_then(|()| match crate::sandbox::state::rename_new(&staging, dir) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(RecordingError::Exists(meta.name.to_string())),
-            Err(source) => Err(io(format!("renaming {} to {}", staging.display(), dir.display()))(
-                source,
-            )),
-        });
-    if placed.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    placed
+/// Makes recording directory `dir` with `meta` in it (`sandbox::staging`; `Exists` if a recording of that name
+/// appeared meanwhile).
+pub(super) fn create_dir_with(dir: &Path, meta: &RecordingMeta) -> Result<(), RecordingError> {
+    staging::place(dir, |staging| meta.save(staging)).map_err(|e| match e {
+        PlaceError::Fill(e) => e,
+        PlaceError::Exists => RecordingError::Exists(meta.name.to_string()),
+        PlaceError::Io { what, source } => StreamError::Io { what, source }.into(),
+    })
 }

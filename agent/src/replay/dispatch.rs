@@ -136,6 +136,7 @@ pub(super) async fn dispatch_loop(
     drop(done_tx);
     let mut inflight = Inflight::new(count);
     let mut applier = Applier::default();
+    let mut known: Option<Arc<HashMap<u32, Relation>>> = None;
     let finish = |done: Done, inflight: &mut Inflight| {
         inflight.remove(done.worker, &done.keys);
         if let Ok(mut b) = backlog.lock() {
@@ -157,7 +158,11 @@ pub(super) async fn dispatch_loop(
         let Some((batch, relations, read_at)) = received else {
             break;
         };
-        applier.update_relations(&relations);
+        // Batches read with the same relations share them: learned once.
+        if !known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &relations)) {
+            applier.update_relations(&relations);
+            known = Some(Arc::clone(&relations));
+        }
         for tx in batch {
             let k = keys(&tx, &relations);
             let worker = loop {

@@ -280,7 +280,10 @@ async fn read_loop(
             if let (Some(last), Ok(mut l)) = (batch.last(), last_read.lock()) {
                 *l = last.end_lsn;
             }
-            if tx.send((batch, reader.relations().clone(), Instant::now())).is_err() {
+            if tx
+                .send((batch, Arc::new(reader.relations().clone()), Instant::now()))
+                .is_err()
+            {
                 return Ok(());
             }
         }

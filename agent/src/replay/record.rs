@@ -1,6 +1,7 @@
 //! What a replay records: each transaction applied (or failed) on the fork, and the errors that stop a replay.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -10,8 +11,9 @@ use crate::lsn::Lsn;
 use crate::pg::PgError;
 use crate::pgoutput::Relation;
 
-/// Transactions read together, the relations known when they were read, and when.
-pub(super) type Batch = (Vec<Transaction>, HashMap<u32, Relation>, Instant);
+/// Transactions read together, the relations known when they were read (shared, so that batches read with the
+/// same relations share one map), and when.
+pub(super) type Batch = (Vec<Transaction>, Arc<HashMap<u32, Relation>>, Instant);
 
 /// A write that failed on the fork.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]

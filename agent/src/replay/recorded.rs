@@ -69,7 +69,7 @@ impl FromStr for Speed {
 const READ_AHEAD: usize = 20_000;
 
 /// Transactions read together and the relations they were read with.
-type Group = (HashMap<u32, Relation>, Vec<Transaction>);
+type Group = (Arc<HashMap<u32, Relation>>, Vec<Transaction>);
 
 /// Reads up to `n` transactions on a blocking thread, grouped where the relations changed between them.
 async fn read_chunk(mut reader: StreamReader, n: usize) -> Result<(StreamReader, Vec<Group>), ReplayError> {
@@ -80,7 +80,7 @@ async fn read_chunk(mut reader: StreamReader, n: usize) -> Result<(StreamReader,
             let Some(tx) = reader.next_transaction()? else { break };
             if reader.relation_messages != seen || groups.is_empty() {
                 seen = reader.relation_messages;
-                groups.push((reader.relations().clone(), Vec::new()));
+                groups.push((Arc::new(reader.relations().clone()), Vec::new()));
             }
             if let Some(last) = groups.last_mut() {
                 last.1.push(tx);
@@ -175,7 +175,7 @@ fn send(
     tx: &mpsc::UnboundedSender<Batch>,
     shared: &Shared,
     batch: Vec<Transaction>,
-    relations: &HashMap<u32, Relation>,
+    relations: &Arc<HashMap<u32, Relation>>,
 ) -> Result<(), ReplayError> {
     let Some(last) = batch.last() else { return Ok(()) };
     if let Ok(mut l) = shared.last_read.lock() {
@@ -184,7 +184,7 @@ fn send(
     if let Ok(mut b) = shared.backlog.lock() {
         *b += batch.len();
     }
-    tx.send((batch, relations.clone(), Instant::now()))
+    tx.send((batch, Arc::clone(relations), Instant::now()))
         .map_err(|_| ReplayError::Task("the dispatcher stopped".into()))
 }
 

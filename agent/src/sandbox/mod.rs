@@ -16,6 +16,7 @@ pub mod schema;
 pub mod sequences;
 pub mod source;
 pub mod space;
+pub mod staging;
 pub mod state;
 pub mod status;
 

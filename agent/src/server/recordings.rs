@@ -88,7 +88,9 @@ pub async fn take(
     opts.check()?;
     app.state.sandbox(&opts.sandbox)?;
     let key = name.to_string();
-    if app.recordings.get(&key) == Some(None) || recording::load(&app.state, &name).is_ok() {
+    // Taken while it is recorded, and by any recording on disk (even one whose metadata cannot be read).
+    let on_disk = !matches!(recording::load(&app.state, &name), Err(RecordingError::NotFound(_)));
+    if app.recordings.get(&key) == Some(None) || on_disk {
         return Err(RecordingError::Exists(key).into());
     }
     app.recordings.set(&key, Some(None));

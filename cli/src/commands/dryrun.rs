@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use understudy::dryrun::{self, DryRunRequest, ScheduleSpec, SimulatedReader, SqlText};
+use understudy::dryrun::{self, DryRunRequest, SimulatedReader, SqlText};
 use understudy::error::UsageError;
 use understudy::fork::Strategy;
 use understudy::report::verdict::ThresholdOverrides;
@@ -87,15 +87,8 @@ pub struct DryRunArgs {
     /// What an untested rollback (no --down) does to the verdict [default: warn]
     #[arg(long, value_enum)]
     rollback: Option<RollbackArg>,
-    /// Start at this time of day (HH:MM, 24-hour), so the rehearsal meets the same traffic as the real run
-    #[arg(long, conflicts_with = "cron")]
-    at: Option<String>,
-    /// Start at the next match of this cron expression (minute hour day-of-month month day-of-week)
-    #[arg(long)]
-    cron: Option<String>,
-    /// Timezone for --at and --cron (IANA name) [default: the system's]
-    #[arg(long)]
-    tz: Option<String>,
+    #[command(flatten)]
+    schedule: crate::commands::schedule::ScheduleArgs,
     /// Run on this recording of the sandbox (`understudy record`): fork its start point and replay its stream
     #[arg(long)]
     recording: Option<String>,
@@ -179,11 +172,7 @@ impl DryRunArgs {
                 RollbackArg::Ignore => RollbackPolicy::Ignore,
             }),
         };
-        r.schedule = ScheduleSpec {
-            at: self.at.clone(),
-            cron: self.cron.clone(),
-            time_zone: self.tz.clone(),
-        };
+        r.schedule = self.schedule.spec();
         Ok(r)
     }
 

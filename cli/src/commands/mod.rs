@@ -7,5 +7,6 @@ pub mod fork;
 pub mod lint;
 pub mod recording;
 pub mod sandbox;
+pub mod schedule;
 pub mod source;
 pub mod sweep;

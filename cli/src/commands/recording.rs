@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use understudy::dryrun::ScheduleSpec;
 use understudy::recording::{self, RecordOptions, RecordingMeta};
 use understudy::sandbox::{SandboxError, StateDir};
 use understudy::schedule::Schedule;
@@ -26,15 +25,8 @@ pub struct RecordArgs {
     /// Keep the recording (and its start point) this long (e.g. 7d)
     #[arg(long, default_value = "7d")]
     ttl: units::Duration,
-    /// Start at this time of day (HH:MM, 24-hour): the start of the busy window to keep
-    #[arg(long, conflicts_with = "cron")]
-    at: Option<String>,
-    /// Start at the next match of this cron expression (minute hour day-of-month month day-of-week)
-    #[arg(long)]
-    cron: Option<String>,
-    /// Timezone for --at and --cron (IANA name) [default: the system's]
-    #[arg(long)]
-    tz: Option<String>,
+    #[command(flatten)]
+    schedule: crate::commands::schedule::ScheduleArgs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -57,12 +49,7 @@ pub enum RecordingCommand {
 }
 
 pub async fn record(args: RecordArgs, state: StateDir) -> anyhow::Result<ExitCode> {
-    let schedule = ScheduleSpec {
-        at: args.at.clone(),
-        cron: args.cron.clone(),
-        time_zone: args.tz.clone(),
-    }
-    .parse()?;
+    let schedule = args.schedule.spec().parse()?;
     let opts = RecordOptions {
         sandbox: SandboxName::parse(&args.sandbox)?,
         name: args.name.as_deref().map(SandboxName::parse).transpose()?,

@@ -46,26 +46,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio_postgres::Client;
-use understudy::fork::{self, ForkMeta, ForkOptions};
+use understudy::fork::{self, ForkMeta};
 use understudy::pg::QualifiedName;
 use understudy::pg::connect::connect_plain;
-use understudy::recording::{self, RecordOptions, RecordingMeta};
-use understudy::replay::Speed;
-use understudy::replay::live::{LiveConfig, LiveReplay, Stopped};
+use understudy::recording::RecordingMeta;
+use understudy::replay::live::Stopped;
 use understudy::sandbox::{self, SandboxMeta, StateDir};
 use understudy::source::SandboxName;
 use understudy::verify::checksum;
 
+mod drain;
+mod live;
+
+use drain::{Drain, drain_table, drains, record_backlog};
+use live::{Live, live_lag};
+
 use crate::ReplayArgs;
 use crate::lab::{self, DATABASE, Lab, Machine};
 use crate::pgtool::{self, sql};
-use crate::table::{self, Table, percentile, secs};
+use crate::table::{self, Table, secs};
 use crate::{run, yes_no};
 
 /// The worker counts measured, one fork each.
 const WORKERS: [usize; 3] = [1, 2, 4];
-const LIVE_FORK: &str = "bench-replay-live";
-const LIVE_WORKERS: usize = 4;
 const RECORDING: &str = "bench-replay-backlog";
 /// How long the recording's window runs past pgbench's end, for the sandbox to apply the run.
 const RECORD_MARGIN: Duration = Duration::from_secs(10);
@@ -184,117 +187,6 @@ async fn run(args: &ReplayArgs, lab: &mut Lab, state: &StateDir) -> Result<()> {
     Ok(())
 }
 
-/// Replays the recording into a fresh fork of its start point per worker count, compares it with the sandbox and
-/// deletes it; stops (after printing) at the first failed check.
-async fn drains(
-    lab: &Lab,
-    state: &StateDir,
-    meta: &SandboxMeta,
-    rec: &RecordingMeta,
-    backlog: i64,
-    max_tps: f64,
-) -> Result<Vec<Drain>> {
-    let start = fork::list(state)
-        .into_iter()
-        .find(|f| f.name == rec.fork)
-        .with_context(|| format!("recording {}'s start point (fork {}) is gone", rec.name, rec.fork))?;
-    let mut drains = Vec::new();
-    for workers in WORKERS {
-        let name = SandboxName::parse(&format!("bench-replay-w{workers}"))?;
-        let opts = ForkOptions {
-            sandbox: meta.name.clone(),
-            name: Some(name.clone()),
-            strategy: None,
-            ttl: FORK_TTL,
-            owner_pid: None,
-        };
-        eprintln!("3. fork {name} of the start point ...");
-        let say = |line: &str| eprintln!("    {line}");
-        let made = fork::clone_stopped(state, &start, &opts, std::slice::from_ref(&name), &say)
-            .await
-            .with_context(|| format!("cloning the start point into {name}"))?;
-        let f = made.first().context("no fork was made of the start point")?;
-        let d = drain(lab, state, meta, rec, f, workers).await;
-        fork::delete(state, &f.name)
-            .await
-            .with_context(|| format!("deleting fork {}", f.name))?;
-        let d = d?;
-        let problem = d.problem(backlog);
-        drains.push(d);
-        if let Some(problem) = problem {
-            print!("{}", drain_table(&drains, backlog, max_tps).render());
-            bail!(problem);
-        }
-    }
-    Ok(drains)
-}
-
-/// Records the sandbox's stream while an unthrottled pgbench runs on the source: the recording starts (its fork
-/// made), then pgbench runs `seconds`, and the window ends [`RECORD_MARGIN`] after it, by which time the sandbox
-/// has applied the run (checked by the caller against the recording's transactions).
-async fn record_backlog(
-    lab: &Lab,
-    state: &StateDir,
-    meta: &SandboxMeta,
-    seconds: u32,
-) -> Result<(SourceRun, RecordingMeta)> {
-    let name = SandboxName::parse(RECORDING)?;
-    let opts = RecordOptions {
-        sandbox: meta.name.clone(),
-        name: Some(name.clone()),
-        window: Duration::from_secs(u64::from(seconds)) + RECORD_MARGIN,
-        ttl: FORK_TTL,
-    };
-    let task_state = state.clone();
-    let taking = tokio::spawn(async move {
-        let say = |line: &str| eprintln!("    {line}");
-        recording::take(&task_state, &opts, &say).await
-    });
-    let started = Instant::now();
-    while !recording::list(state).iter().any(|r| r.name == name) {
-        if taking.is_finished() || started.elapsed() > CATCH_UP_TIMEOUT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let run = if taking.is_finished() {
-        None
-    } else {
-        Some(source_run(lab, meta, seconds, &[]).await)
-    };
-    let rec = taking
-        .await
-        .context("the recording task")?
-        .context("recording the backlog")?;
-    let run = run.context("the recording ended before its window started")??;
-    Ok((run, rec))
-}
-
-async fn make_fork(state: &StateDir, meta: &SandboxMeta, name: &str) -> Result<ForkMeta> {
-    let opts = ForkOptions {
-        sandbox: meta.name.clone(),
-        name: Some(SandboxName::parse(name)?),
-        strategy: None,
-        ttl: FORK_TTL,
-        owner_pid: None,
-    };
-    eprintln!("   fork {name} ...");
-    fork::create(state, &opts, &|line: &str| eprintln!("    {line}"))
-        .await
-        .with_context(|| format!("creating fork {name}"))
-}
-
-fn live_config(meta: &SandboxMeta, fork: &ForkMeta, workers: usize) -> Result<LiveConfig> {
-    Ok(LiveConfig {
-        sandbox_conninfo: sandbox::cluster_of(meta)?.conninfo(&meta.database),
-        capture_slot: fork.capture_slot.clone(),
-        publication: fork::CAPTURE_PUBLICATION.to_string(),
-        fork_conninfo: fork.conninfo(meta),
-        workers,
-        poll_interval: POLL,
-    })
-}
-
 async fn sandbox_client(meta: &SandboxMeta) -> Result<Client> {
     Ok(sandbox::cluster_of(meta)?.connect(&meta.database).await?)
 }
@@ -393,9 +285,6 @@ impl SourceRun {
         t.row(["CPU used by other processes meanwhile".to_string(), cpu(self.other)]);
         t
     }
-}
-
-impl SourceRun {
     fn recording_table(&self, title: &str, max_tps: f64, rec: &RecordingMeta, start: &str) -> Table {
         let mut t = self.table(title, Some(max_tps));
         let span = rec.span().as_secs_f64();
@@ -474,196 +363,6 @@ fn complaints(stopped: &Stopped, expected: i64, fidelity: &Fidelity) -> Vec<Stri
         out.push(format!("the fork differs from the sandbox: {differing}"));
     }
     out
-}
-
-struct Drain {
-    workers: usize,
-    stopped: Stopped,
-    seconds: f64,
-    /// From the start to the first record's start (connecting, the first decoded batch).
-    first_write: Option<f64>,
-    fidelity: Fidelity,
-    other: f64,
-}
-
-async fn drain(
-    lab: &Lab,
-    state: &StateDir,
-    meta: &SandboxMeta,
-    rec: &RecordingMeta,
-    fork: &ForkMeta,
-    workers: usize,
-) -> Result<Drain> {
-    let (_, stream) = recording::open(state, &rec.name).context("opening the recording")?;
-    eprintln!(
-        "   replaying {} into {} at --speed max ({workers} worker(s)) ...",
-        rec.name, fork.name
-    );
-    let other = lab.noise.foreign_seconds();
-    let started = Instant::now();
-    let mut replay = LiveReplay::start_recorded(stream, &fork.conninfo(meta), workers, Speed::Max)
-        .await
-        .context("starting the replay")?;
-    replay.wait_ended().await;
-    let stopped = replay
-        .stop_at(rec.end_lsn, DRAIN_LIMIT)
-        .await
-        .context("draining the replay")?;
-    let seconds = started.elapsed().as_secs_f64();
-    let other = lab.noise.foreign_seconds() - other;
-    let first = stopped.records.iter().map(|r| r.start).min();
-    let first_write = first.map(|s| (s - started).as_secs_f64());
-    let (records, took) = (stopped.records.len(), secs(seconds));
-    eprintln!("   {records} transactions in {took}; comparing with the sandbox ...");
-    let fidelity = compare(meta, fork).await?;
-    Ok(Drain {
-        workers,
-        stopped,
-        seconds,
-        first_write,
-        fidelity,
-        other,
-    })
-}
-
-impl Drain {
-    fn tps(&self) -> f64 {
-        self.stopped.records.len() as f64 / self.seconds.max(1e-9)
-    }
-
-    fn problem(&self, backlog: i64) -> Option<String> {
-        let c = complaints(&self.stopped, backlog, &self.fidelity);
-        (!c.is_empty()).then(|| format!("the fork drained with {} worker(s): {}", self.workers, c.join("; ")))
-    }
-}
-
-fn drain_table(drains: &[Drain], backlog: i64, max_tps: f64) -> Table {
-    let mut t = Table::new(
-        &format!("3. Draining the backlog ({backlog} transactions) into a fork, per replay worker count; fidelity"),
-        &[
-            "workers",
-            "transactions",
-            "drain time",
-            "first write after",
-            "drain rate",
-            "× source max (target ≥ 3)",
-            "failed / unapplied",
-            "fork = sandbox (checksums, rows)",
-            "other CPU",
-        ],
-    );
-    for d in drains {
-        t.row([
-            d.workers.to_string(),
-            d.stopped.records.len().to_string(),
-            secs(d.seconds),
-            d.first_write.map(secs).unwrap_or_else(|| "-".into()),
-            format!("{:.1} tps", d.tps()),
-            format!("{:.2}", d.tps() / max_tps.max(1e-9)),
-            format!("{} / {}", failures(&d.stopped).0, d.stopped.unapplied),
-            format!("{} ({})", yes_no(d.fidelity.equal), d.fidelity.rows),
-            cpu(d.other),
-        ]);
-    }
-    t
-}
-
-struct Live {
-    rate: u32,
-    run: SourceRun,
-    stopped: Stopped,
-    /// Sorted `WriteRecord.lag`s, in milliseconds.
-    lags_ms: Vec<f64>,
-    /// Records / first record's start to last record's end.
-    replay_tps: f64,
-    /// From pgbench's end to the last record's end.
-    tail: f64,
-    fidelity: Fidelity,
-    /// CPU other processes used from the replay's start to its stop.
-    other: f64,
-}
-
-async fn live_lag(lab: &Lab, state: &StateDir, meta: &SandboxMeta, max_tps: f64, seconds: u32) -> Result<Live> {
-    eprintln!("4. live replay: fork {LIVE_FORK} ...");
-    let fork = make_fork(state, meta, LIVE_FORK).await?;
-    let rate = ((max_tps * 0.8).round() as u32).max(1);
-    let other = lab.noise.foreign_seconds();
-    let replay = LiveReplay::start(&live_config(meta, &fork, LIVE_WORKERS)?)
-        .await
-        .context("starting the replay")?;
-    eprintln!("   {LIVE_WORKERS} replay workers following:");
-    let run = source_run(lab, meta, seconds, &["-R", &rate.to_string()]).await?;
-    let stopped = replay.stop(DRAIN_LIMIT).await.context("stopping the replay")?;
-    let other = lab.noise.foreign_seconds() - other;
-    let fidelity = compare(meta, &fork).await?;
-    fork::delete(state, &fork.name)
-        .await
-        .with_context(|| format!("deleting fork {}", fork.name))?;
-
-    let mut lags_ms: Vec<f64> = stopped.records.iter().map(|r| r.lag.as_secs_f64() * 1000.0).collect();
-    lags_ms.sort_by(f64::total_cmp);
-    let first = stopped.records.iter().map(|r| r.start).min();
-    let last = stopped.records.iter().map(|r| r.end).max();
-    let (replay_tps, tail) = match (first, last) {
-        (Some(first), Some(last)) => (
-            stopped.records.len() as f64 / last.saturating_duration_since(first).as_secs_f64().max(1e-9),
-            last.saturating_duration_since(run.ended).as_secs_f64(),
-        ),
-        _ => (0.0, 0.0),
-    };
-    Ok(Live {
-        rate,
-        run,
-        stopped,
-        lags_ms,
-        replay_tps,
-        tail,
-        fidelity,
-        other,
-    })
-}
-
-impl Live {
-    fn lag(&self, p: f64) -> f64 {
-        percentile(&self.lags_ms, p)
-    }
-
-    fn lags(&self) -> String {
-        let [p50, p99, max] = [50.0, 99.0, 100.0].map(|p| self.lag(p));
-        format!("{p50:.0} / {p99:.0} / {max:.0} ms")
-    }
-
-    fn problem(&self) -> Option<String> {
-        let c = complaints(&self.stopped, self.run.transactions, &self.fidelity);
-        (!c.is_empty()).then(|| format!("the live replay: {}", c.join("; ")))
-    }
-
-    fn table(&self) -> Table {
-        let title = format!(
-            "4. Live replay lag: {LIVE_WORKERS} workers following pgbench -n -c 2 -j 2 -T {} -R {} (80 % of the \
-             maximum rate)",
-            self.run.seconds, self.rate
-        );
-        let mut t = Table::new(&title, &["measure", "value"]);
-        let (run, stopped) = (&self.run, &self.stopped);
-        let pgbench = format!("{:.1} tps, {} transactions", run.tps, run.transactions);
-        t.row(["pgbench on the source", &pgbench]);
-        t.row(["the sandbox had applied the run after", &secs(run.catch_up)]);
-        let (records, failed) = (stopped.records.len(), failures(stopped).0);
-        let replayed = format!("{records}, {failed} / {}", stopped.unapplied);
-        t.row(["transactions replayed, failed / unapplied", &replayed]);
-        let rate = format!("{:.1} tps, {:.2}", self.replay_tps, self.replay_tps / run.tps.max(1e-9));
-        t.row(["replay rate (records / first start to last end), × pgbench's", &rate]);
-        t.row([
-            "lag p50 / p99 / max (WriteRecord.lag: source commit to applied on the fork)",
-            &self.lags(),
-        ]);
-        t.row(["last write applied on the fork after pgbench ended", &secs(self.tail)]);
-        let equal = format!("{} ({})", yes_no(self.fidelity.equal), self.fidelity.rows);
-        t.row(["fork = sandbox after the stop (checksums, rows)", &equal]);
-        t.row(["CPU used by other processes meanwhile".to_string(), cpu(self.other)]);
-        t
-    }
 }
 
 fn summary(lab: &Lab, max_tps: f64, drains: &[Drain], live: &Live) -> Table {
