@@ -77,6 +77,7 @@ impl Lab {
             wal_budget_bytes: 64 << 30,
             progress: false,
             resync: Default::default(),
+            subset: None,
         })
     }
 

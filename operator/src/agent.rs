@@ -65,6 +65,8 @@ struct CreateBody<'a> {
     wal_budget: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resync: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subset: Option<&'a understudy::source::Subset>,
 }
 
 /// What a sandbox replicates, for its creation.
@@ -75,6 +77,7 @@ pub struct Replication<'a> {
     pub wal_budget: Option<&'a str>,
     /// `auto` or `manual`.
     pub resync: Option<&'a str>,
+    pub subset: Option<&'a understudy::source::Subset>,
 }
 
 impl AgentClient {
@@ -163,6 +166,7 @@ impl AgentClient {
             schema: what.schema,
             wal_budget: what.wal_budget,
             resync: what.resync,
+            subset: what.subset,
         };
         self.json(self.http.post(self.url("/v1/sandboxes")).json(&body)).await
     }

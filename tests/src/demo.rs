@@ -107,6 +107,7 @@ async fn demo(opts: &DemoOptions, root: &std::path::Path) -> anyhow::Result<Demo
         wal_budget_bytes: 1 << 30,
         progress: true,
         resync: Default::default(),
+        subset: None,
     };
     let say = |line: &str| println!("      {line}");
     let mut result = follow_and_check(opts, &source, &admin, writer, &state, &name, &create, &say, started).await;

@@ -168,6 +168,7 @@ pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replic
         wal_budget_bytes: 1 << 30,
         progress: false,
         resync: Default::default(),
+        subset: None,
     }
 }
 

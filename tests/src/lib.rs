@@ -10,6 +10,7 @@ pub mod migrations;
 pub mod otlp;
 pub mod proxy;
 pub mod source;
+pub mod tenants;
 pub mod writer;
 
 pub use demo::{DemoOptions, run as demo};

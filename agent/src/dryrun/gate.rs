@@ -259,6 +259,8 @@ mod tests {
             resync_status: None,
             source_outage_seconds: None,
             last_outage: None,
+            subset: None,
+            shares: Vec::new(),
         }
     }
 

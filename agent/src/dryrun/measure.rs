@@ -162,6 +162,7 @@ impl Run<'_> {
                     window_ms: rec.span().as_secs_f64() * 1000.0,
                     transactions: rec.transactions,
                 }),
+            subset: sandbox.subset.clone(),
             windows: Windows {
                 warmup_ms: (t.migration_started - t.warmup_started).as_secs_f64() * 1000.0,
                 migration_ms: (t.migration_ended - t.migration_started).as_secs_f64() * 1000.0,
@@ -360,9 +361,17 @@ impl Run<'_> {
             )),
         }
         let statements = self.inputs.plan.statements.clone();
+        let subset_source = self.subset_source();
         let preflight = tokio::spawn(async move {
+            // On a subset, parents the subset left out are looked up on the source (keys only).
+            let source = match subset_source {
+                Some(info) => crate::pg::connect::connect_source(&info, "understudy-preflight")
+                    .await
+                    .ok(),
+                None => None,
+            };
             match connect_plain(&preflight_on, "understudy-preflight").await {
-                Ok(c) => crate::verify::preflight::run(&c, &statements).await,
+                Ok(c) => crate::verify::preflight::run(&c, &statements, source.as_ref()).await,
                 Err(_) => Vec::new(),
             }
         });
@@ -375,6 +384,14 @@ impl Run<'_> {
             self.say(&format!("pre-flight: line {}: {}", p.line, p.message));
         }
         preflight
+    }
+
+    /// The source's connection when the sandbox is a subset.
+    fn subset_source(&self) -> Option<crate::pg::ConnInfo> {
+        let dir = self.state.sandbox_dir(&self.opts.sandbox);
+        let meta = SandboxMeta::load(&dir).ok()?;
+        meta.subset.as_ref()?;
+        crate::sandbox::state::load_source(&dir).ok()
     }
 
     /// Runs the up-migration on its own session; returns its outcome, the session's pid and when it ran.

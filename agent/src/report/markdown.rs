@@ -18,6 +18,9 @@ impl DryRunReport {
         for r in &self.verdict.reasons {
             o.push_str(&format!("- {r}\n"));
         }
+        if let Some(note) = self.subset_note() {
+            o.push_str(&format!("\n_{note}_\n"));
+        }
         o.push_str(
             "\n| line | statement | duration | locks held | blocked writes | result |\n|---|---|---|---|---|---|\n",
         );

@@ -189,6 +189,10 @@ pub struct DryRunReport {
     /// The recording replayed, on a run on a recording.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordedReplay>,
+    /// On a subset sandbox, the rows it holds: every figure that depends on data (pre-flight counts, durations,
+    /// lock times) was measured on them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<crate::source::SubsetState>,
     pub windows: Windows,
     pub migration: MigrationReport,
     pub writes: WritesReport,
@@ -201,6 +205,19 @@ pub struct DryRunReport {
     pub rollback: crate::verify::twins::Rollback,
     pub findings: Vec<Finding>,
     pub verdict: VerdictReport,
+}
+
+impl DryRunReport {
+    /// The line saying the figures were measured on a subset, when they were.
+    pub fn subset_note(&self) -> Option<String> {
+        let subset = self.subset.as_ref()?;
+        let filters: Vec<String> = subset.filters.iter().map(|(t, f)| format!("{t} WHERE {f}")).collect();
+        Some(format!(
+            "measured on a subset (durations, lock times and pre-flight counts are the subset's, not \
+             production's): {}",
+            filters.join("; ")
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -331,6 +331,7 @@ pub(crate) fn report(
         trace_id: None,
         fork: fork(),
         recording: None,
+        subset: None,
         windows: Windows {
             warmup_ms: 5000.0,
             migration_ms: outcome.duration_ms,

@@ -35,6 +35,9 @@ impl DryRunReport {
         for r in &self.verdict.reasons {
             o.push_str(&format!("  - {r}\n"));
         }
+        if let Some(note) = self.subset_note() {
+            o.push_str(&format!("{note}\n"));
+        }
         o.push_str(&format!(
             "fork {} ({}, at {}, apply paused {} ms); windows: warm-up {}, migration {}, after {}\n",
             self.fork.name,

@@ -31,13 +31,15 @@ pub struct Chunk {
     pub blocks: Option<(i64, Option<i64>)>,
     pub binary: bool,
     pub bytes: i64,
+    /// Rows added to a table already loaded (a subset's closure): no truncate, no freeze.
+    pub adds: bool,
 }
 
 impl Chunk {
     /// True when the chunk is a whole table: it is then loaded in a transaction that truncates the table first,
     /// which lets a `wal_level = minimal` server skip WAL for it and lets COPY freeze the rows.
     pub fn whole_table(&self) -> bool {
-        self.blocks.is_none()
+        self.blocks.is_none() && !self.adds
     }
 }
 
@@ -53,6 +55,7 @@ pub fn plan(tables: &[PublishedTable], text_only: &[QualifiedName], chunk_bytes:
             blocks: None,
             binary,
             bytes: table.bytes,
+            adds: false,
         };
         if table.bytes <= chunk_bytes {
             chunks.push(base);
@@ -207,13 +210,7 @@ async fn worker(
     queue: Arc<Mutex<VecDeque<Chunk>>>,
     progress: Arc<Progress>,
 ) -> Result<(u64, u64), PgError> {
-    let src = connect_source(source, "understudy-copy").await?;
-    src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        quote_literal(snapshot)
-    ))
-    .await
-    .map_err(PgError::sql("importing the slot's snapshot on the source"))?;
+    let src = snapshot_session(source, snapshot).await?;
     let dst = connect_plain(sandbox, "understudy-copy").await?;
     dst.batch_execute("SET synchronous_commit = off")
         .await
@@ -236,7 +233,25 @@ async fn worker(
     Ok((bytes, rows))
 }
 
-async fn copy_chunk(src: &Client, dst: &Client, chunk: &Chunk, progress: &Progress) -> Result<(u64, u64), PgError> {
+/// A session on the source reading as of the slot's exported snapshot, in a read-only transaction.
+pub(super) async fn snapshot_session(source: &ConnInfo, snapshot: &str) -> Result<Client, PgError> {
+    let src = connect_source(source, "understudy-copy").await?;
+    src.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot)
+    ))
+    .await
+    .map_err(PgError::sql("importing the slot's snapshot on the source"))?;
+    Ok(src)
+}
+
+/// Streams one chunk from the source into the sandbox; returns its bytes and rows.
+pub(super) async fn copy_chunk(
+    src: &Client,
+    dst: &Client,
+    chunk: &Chunk,
+    progress: &Progress,
+) -> Result<(u64, u64), PgError> {
     let context = format!("copying {}", chunk.table);
     if chunk.whole_table() {
         dst.batch_execute(&format!("BEGIN; TRUNCATE {}", chunk.table.sql()))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::state::{self, InitialCopy, ResyncPolicy, SandboxMeta, SandboxState, StateDir};
-use super::{SandboxError, copy, delete, sandbox_cluster_config, schema, sequences, space};
+use super::{SandboxError, closure, copy, delete, sandbox_cluster_config, schema, sequences, space};
 use crate::lsn::Lsn;
 use crate::pg::cluster::Cluster;
 use crate::pg::connect::connect_source;
@@ -17,7 +17,7 @@ use crate::pg::tools::{ExportedSlot, Section};
 use crate::pg::{ConnInfo, PgBinaries, PgError, QualifiedName, quote_ident, quote_literal};
 use crate::progress::{Progress, human_bytes};
 use crate::source::identity::{self, SourceMark};
-use crate::source::{self, Replicate, SandboxName, catalog, objects};
+use crate::source::{self, Replicate, SandboxName, Subset, SubsetState, catalog, objects};
 
 /// What `sandbox create` needs.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct CreateOptions {
     pub progress: bool,
     /// What happens when the sandbox goes stale.
     pub resync: ResyncPolicy,
+    /// The rows to hold, when not all (row filters of the publication Understudy creates).
+    pub subset: Option<Subset>,
 }
 
 /// Creates a sandbox. On failure everything created so far is removed (source objects first) and the error is
@@ -78,6 +80,7 @@ pub(crate) async fn check(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> 
         &opts.name.slot(),
         &opts.name.publication(),
         bins.major(),
+        opts.subset.as_ref(),
     )
     .await??;
     for warning in &checked.warnings {
@@ -161,6 +164,7 @@ impl Prepared {
             resync_status: None,
             source_unreachable_since: None,
             last_outage: None,
+            subset: None,
         };
         let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
         if let Err(e) = saved {
@@ -226,11 +230,19 @@ async fn make(
 ) -> Result<(), SandboxError> {
     let started = Instant::now();
     if let Some((tables, whole_schema)) = &checked.create_publication {
-        objects::create_publication(client, &meta.publication, tables, whole_schema.as_deref()).await?;
+        objects::create_publication(
+            client,
+            &meta.publication,
+            tables,
+            whole_schema.as_deref(),
+            &checked.filters,
+        )
+        .await?;
         say(&format!("created publication {} on the source", meta.publication));
     }
     let tables = catalog::published_tables(client, &meta.publication).await?;
     let table_names: Vec<_> = tables.iter().map(|t| t.name.clone()).collect();
+    meta.subset = SubsetState::of(&tables, opts.subset.as_ref().and_then(|s| s.key.clone()));
 
     // On btrfs the data directory is a subvolume, so that forks can snapshot it in constant time.
     if crate::cow::make_subvolume_if_btrfs(&meta.cluster.data_dir) {
@@ -326,6 +338,20 @@ async fn make(
     .await;
     progress.finish();
     let copied = copied?;
+    let closure = if meta.subset.is_some() {
+        let keys = catalog::foreign_keys_among(client, &table_names).await?;
+        let sandbox = crate::pg::connect::connect_plain(&target, "understudy-closure").await?;
+        closure::complete(&opts.source, &slot.snapshot, &sandbox, &tables, &text_only, &keys).await?
+    } else {
+        closure::Closure::default()
+    };
+    if closure.rows() > 0 {
+        say(&format!(
+            "added {} parent row(s) the subset's rows reference, in {} round(s)",
+            closure.rows(),
+            closure.rounds
+        ));
+    }
     slot.release().await?;
     let copy_seconds = copy_started.elapsed().as_secs_f64();
     say(&format!(
@@ -387,7 +413,8 @@ async fn make(
         tables: tables.len(),
         chunks: copied.chunks,
         bytes: copied.bytes,
-        rows: copied.rows,
+        rows: copied.rows + closure.rows(),
+        closure_rows: closure.rows(),
         schema_seconds,
         copy_seconds,
         indexes_seconds,

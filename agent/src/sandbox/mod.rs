@@ -6,6 +6,7 @@
 //! - [`resync`]: a stale sandbox rebuilt beside its old copy and swapped in when current;
 //! - [`delete`]: removes everything, on the source first.
 
+pub mod closure;
 pub mod copy;
 pub mod create;
 pub mod delete;

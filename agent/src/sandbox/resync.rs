@@ -183,6 +183,8 @@ pub async fn resync(
         wal_budget_bytes: old.wal_budget_bytes,
         progress: false,
         resync: old.resync,
+        // Its row filters are in the publication.
+        subset: None,
     };
     say(&format!(
         "resync of sandbox {name}: building generation {generation} beside the stale copy"
@@ -196,6 +198,9 @@ pub async fn resync(
     }
 
     new.replicate = old.replicate.clone();
+    if let (Some(new), Some(old)) = (new.subset.as_mut(), old.subset.as_ref()) {
+        new.key = old.key.clone();
+    }
     new.publication_owned = old.publication_owned;
     new.resync_status = Some(ResyncStatus::Done {
         generation,

@@ -16,7 +16,7 @@ use super::SandboxError;
 use crate::lsn::Lsn;
 use crate::pg::{ClusterConfig, ConnInfo};
 use crate::source::identity::{Gap, SourceMark};
-use crate::source::{Replicate, SandboxName};
+use crate::source::{Replicate, SandboxName, SubsetState};
 
 /// The root under which Understudy keeps sandboxes (and later forks).
 #[derive(Debug, Clone)]
@@ -244,6 +244,9 @@ pub struct InitialCopy {
     pub chunks: usize,
     pub bytes: u64,
     pub rows: u64,
+    /// Of `rows`, the parents a subset's rows reference, copied by the closure.
+    #[serde(default)]
+    pub closure_rows: u64,
     pub schema_seconds: f64,
     pub copy_seconds: f64,
     pub indexes_seconds: f64,
@@ -302,6 +305,9 @@ pub struct SandboxMeta {
     /// The last outage of the source that ended.
     #[serde(default)]
     pub last_outage: Option<Outage>,
+    /// The rows it holds when not all: its publication's row filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<SubsetState>,
 }
 
 /// A time the follower could not reach the source.

@@ -9,7 +9,7 @@ use super::{SandboxError, cluster_of};
 use crate::lsn::Lsn;
 use crate::pg::connect::connect_source;
 use crate::pg::{ClusterStatus, PgError};
-use crate::source::{SandboxName, objects};
+use crate::source::{SandboxName, SubsetState, objects};
 
 /// Where one table is in its synchronisation (`pg_subscription_rel.srsubstate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -128,6 +128,24 @@ pub struct SandboxStatus {
     /// The last outage of the source that ended.
     #[serde(default)]
     pub last_outage: Option<Outage>,
+    /// The rows it holds when not all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<SubsetState>,
+    /// On a subset, the share of each table's rows that is present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<TableShare>,
+}
+
+/// How much of a table a subset holds: live rows by the statistics of both servers (estimates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TableShare {
+    pub table: String,
+    /// Its filter, when the subset filters it (a table without one is whole, with its parents' closure).
+    pub filter: Option<String>,
+    pub rows: i64,
+    pub source_rows: i64,
+    /// `rows / source_rows`, when the source has rows.
+    pub share: Option<f64>,
 }
 
 /// Reads the status of sandbox `name`.
@@ -177,6 +195,8 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
                 .unwrap_or(0.0)
         }),
         last_outage: meta.last_outage.clone(),
+        subset: meta.subset.clone(),
+        shares: Vec::new(),
     };
     if !meta.pending_drift.is_empty() {
         reasons.push(format!(
@@ -234,6 +254,9 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
                 None => {}
             }
             out.lag_seconds = side.lag_seconds;
+            if let (Some(subset), Some(client)) = (&meta.subset, &sandbox_client) {
+                out.shares = shares(client, &side.client, subset).await.unwrap_or_default();
+            }
             if let Some(client) = &sandbox_client
                 && let Ok(diff) = follow::diff(&side.client, client, &meta.publication).await
             {
@@ -294,6 +317,48 @@ async fn read_sandbox(
         })
         .collect();
     Ok(())
+}
+
+/// Live rows per table on the sandbox and on the source, from their statistics (`n_live_tup`, or `reltuples`
+/// where the statistics were reset), never by counting production's tables.
+async fn shares(
+    sandbox: &tokio_postgres::Client,
+    source: &tokio_postgres::Client,
+    subset: &SubsetState,
+) -> Result<Vec<TableShare>, PgError> {
+    const LIVE_ROWS: &str = "SELECT n.nspname || '.' || c.relname, \
+           CASE WHEN coalesce(s.n_live_tup, 0) = 0 THEN greatest(c.reltuples, 0)::bigint ELSE s.n_live_tup END \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg\\_%'";
+    async fn live_rows(
+        client: &tokio_postgres::Client,
+        which: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, PgError> {
+        Ok(client
+            .query(LIVE_ROWS, &[])
+            .await
+            .map_err(PgError::sql(format!("reading the {which}'s table statistics")))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+    let here = live_rows(sandbox, "sandbox").await?;
+    let there = live_rows(source, "source").await?;
+    Ok(here
+        .into_iter()
+        .map(|(table, rows)| {
+            let source_rows = there.get(&table).copied().unwrap_or(0);
+            TableShare {
+                filter: subset.filters.get(&table).cloned(),
+                share: (source_rows > 0).then(|| rows as f64 / source_rows as f64),
+                table,
+                rows,
+                source_rows,
+            }
+        })
+        .collect())
 }
 
 async fn read_source(dir: &std::path::Path, meta: &SandboxMeta) -> Result<SourceSide, SandboxError> {

@@ -14,7 +14,7 @@ use crate::error::{Classify, ErrorKind};
 use crate::pg::{ConnInfo, QualifiedName};
 use crate::sandbox::state::ResyncPolicy;
 use crate::sandbox::{self, CreateOptions, DeleteReport, SandboxMeta, SandboxState, SandboxStatus};
-use crate::source::{Replicate, SandboxName};
+use crate::source::{Replicate, SandboxName, Subset};
 use crate::supervisor::Supervision;
 use crate::units::ByteSize;
 
@@ -55,6 +55,10 @@ pub struct CreateSandbox {
     /// What happens when the sandbox goes stale [default: auto, rebuilt once the source is healthy].
     #[serde(default)]
     pub resync: Option<ResyncPolicy>,
+    /// Hold only these rows (with `tables` or `schema`): publication row filters, parents of the rows held
+    /// copied too.
+    #[serde(default)]
+    pub subset: Option<Subset>,
 }
 
 /// A sandbox as the API shows it.
@@ -164,6 +168,15 @@ impl CreateSandbox {
             wal_budget_bytes: wal_budget.bytes(),
             progress: false,
             resync: self.resync.unwrap_or_default(),
+            subset: match &self.subset {
+                Some(subset) => {
+                    subset
+                        .check()
+                        .map_err(|e| ApiError::new(ErrorKind::Invalid, format!("subset: {e}")))?;
+                    Some(subset.clone())
+                }
+                None => None,
+            },
         })
     }
 }

@@ -214,3 +214,48 @@ pub async fn foreign_keys_leaving(
         .filter(|(from, _, to)| keep.contains(from) && !keep.contains(to))
         .collect())
 }
+
+/// A foreign key: the child's columns, the parent's columns it references and their types, in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    pub name: String,
+    pub child: QualifiedName,
+    pub columns: Vec<String>,
+    pub parent: QualifiedName,
+    pub parent_columns: Vec<String>,
+    /// `format_type` of each parent column.
+    pub parent_types: Vec<String>,
+}
+
+/// Every foreign key whose child and parent are both among `tables`.
+pub async fn foreign_keys_among(client: &Client, tables: &[QualifiedName]) -> Result<Vec<ForeignKey>, PgError> {
+    let rows = client
+        .query(
+            "SELECT k.conname::text, cn.nspname::text, c.relname::text, pn.nspname::text, p.relname::text, \
+               array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i) \
+                     JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), \
+               array(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i) \
+                     JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i), \
+               array(SELECT format_type(a.atttypid, a.atttypmod) FROM unnest(k.confkey) WITH ORDINALITY u(n, i) \
+                     JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i) \
+             FROM pg_constraint k \
+             JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+             JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+             WHERE k.contype = 'f' ORDER BY 2, 3, 1",
+            &[],
+        )
+        .await
+        .map_err(PgError::sql("listing foreign keys"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ForeignKey {
+            name: r.get(0),
+            child: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            parent: QualifiedName::new(r.get::<_, String>(3), r.get::<_, String>(4)),
+            columns: r.get(5),
+            parent_columns: r.get(6),
+            parent_types: r.get(7),
+        })
+        .filter(|k| tables.contains(&k.child) && tables.contains(&k.parent))
+        .collect())
+}

@@ -8,8 +8,10 @@ pub mod names;
 pub mod objects;
 pub mod preflight;
 pub mod setup;
+pub mod subset;
 pub mod sweep;
 
 pub use catalog::PublishedTable;
 pub use names::SandboxName;
 pub use preflight::{Preflight, PreflightFailed, Problem, Replicate};
+pub use subset::{Subset, SubsetState, TableFilter};

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::subset::TableFilter;
 use crate::lsn::Lsn;
 use crate::pg::{PgError, QualifiedName, quote_ident};
 
@@ -15,13 +16,15 @@ pub async fn create_publication(
     name: &str,
     tables: &[QualifiedName],
     whole_schema: Option<&str>,
+    filters: &[TableFilter],
 ) -> Result<(), PgError> {
+    let listed = |t: &QualifiedName| match filters.iter().find(|f| &f.table == t) {
+        Some(f) => format!("{} WHERE ({})", t.sql(), f.filter),
+        None => t.sql(),
+    };
     let target = match whole_schema {
         Some(schema) => format!("TABLES IN SCHEMA {}", quote_ident(schema)),
-        None => format!(
-            "TABLE {}",
-            tables.iter().map(QualifiedName::sql).collect::<Vec<_>>().join(", ")
-        ),
+        None => format!("TABLE {}", tables.iter().map(listed).collect::<Vec<_>>().join(", ")),
     };
     client
         .batch_execute(&format!("CREATE PUBLICATION {} FOR {target}", quote_ident(name)))

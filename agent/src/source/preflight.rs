@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, PublishedTable, TableFacts};
 use super::objects;
+use super::subset::{Subset, TableFilter};
 use crate::pg::{PgError, QualifiedName, quote_ident};
 
 /// What the sandbox replicates.
@@ -27,7 +28,8 @@ pub enum Replicate {
 pub struct Problem {
     /// A stable code: `wal-level`, `replication-slots`, `wal-senders`, `replication-role`, `select-privilege`,
     /// `replica-identity`, `publication-missing`, `publication-empty`, `table-missing`, `create-publication`,
-    /// `slot-exists`, `publication-exists`, `server-version`.
+    /// `slot-exists`, `publication-exists`, `server-version`, `subset-publication`, `subset-table`,
+    /// `subset-filter`.
     pub code: &'static str,
     pub message: String,
     pub fix: String,
@@ -61,6 +63,8 @@ pub struct Preflight {
     pub create_publication: Option<(Vec<QualifiedName>, Option<String>)>,
     /// Tables to copy (known only after the publication exists when Understudy creates it).
     pub tables: Vec<QualifiedName>,
+    /// The subset's row filters, for the publication Understudy creates.
+    pub filters: Vec<TableFilter>,
     pub warnings: Vec<String>,
 }
 
@@ -71,6 +75,7 @@ pub async fn run(
     slot: &str,
     own_publication: &str,
     local_major: u32,
+    subset: Option<&Subset>,
 ) -> Result<Result<Preflight, PreflightFailed>, PgError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -312,10 +317,39 @@ pub async fn run(
         ));
     }
 
+    let mut filters = Vec::new();
+    if let Some(subset) = subset.filter(|s| !s.is_empty()) {
+        if let Replicate::Publication(name) = what {
+            problems.push(Problem {
+                code: "subset-publication",
+                message: format!(
+                    "--subset needs a publication Understudy creates; publication {name} is the source's own, and \
+                     its row filters are the subset"
+                ),
+                fix: format!(
+                    "pass --tables or --schema instead of --publication, or put the filters in the publication: \
+                     ALTER PUBLICATION {} SET TABLE t WHERE (...)",
+                    quote_ident(name)
+                ),
+            });
+        } else if problems.is_empty() {
+            match super::subset::resolve(client, subset, &facts, own_publication).await? {
+                Ok(resolved) => filters = resolved,
+                Err(refused) => problems.extend(refused),
+            }
+        }
+    }
+    if !filters.is_empty()
+        && let Some((_, whole)) = create_publication.as_mut()
+    {
+        // Row filters are given table by table: a schema's tables are listed.
+        *whole = None;
+    }
     if !problems.is_empty() {
         return Ok(Err(PreflightFailed { problems }));
     }
     Ok(Ok(Preflight {
+        filters,
         role,
         server_version_num: version,
         publication,

@@ -4,6 +4,7 @@
 pub mod checks;
 pub mod checksum;
 pub mod data;
+pub mod orphans;
 pub mod preflight;
 pub mod schema;
 pub mod twins;

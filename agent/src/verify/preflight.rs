@@ -202,11 +202,14 @@ async fn unique_columns(client: &Client, table: &str) -> Vec<String> {
 }
 
 /// Runs the pre-flight for every statement of the migration.
-pub async fn run(client: &Client, statements: &[Statement]) -> Vec<PreflightFinding> {
+///
+/// On a subset, `source` is the source's connection: a row whose parent the subset left out is not an orphan
+/// (`verify::orphans`).
+pub async fn run(client: &Client, statements: &[Statement], source: Option<&Client>) -> Vec<PreflightFinding> {
     let mut out = Vec::new();
     let becoming = becoming_unique(statements);
     for s in statements {
-        for f in check_statement(client, s, &becoming).await {
+        for f in check_statement(client, s, &becoming, source).await {
             out.push(f);
         }
     }
@@ -252,7 +255,12 @@ fn becoming_unique(statements: &[Statement]) -> Vec<(String, String)> {
     out
 }
 
-async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, String)]) -> Vec<PreflightFinding> {
+async fn check_statement(
+    client: &Client,
+    s: &Statement,
+    becoming: &[(String, String)],
+    source: Option<&Client>,
+) -> Vec<PreflightFinding> {
     let w = words(&s.sql);
     let u: Vec<String> = w.iter().map(|x| up(x)).collect();
     let mut out: Vec<PreflightFinding> = Vec::new();
@@ -374,20 +382,33 @@ async fn check_statement(client: &Client, s: &Statement, becoming: &[(String, St
                             qualified(&rtable),
                             join.join(" AND ")
                         );
-                        let sample_cols = cols.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
-                        match count_and_samples(
-                            client,
-                            &format!("SELECT count(*) FROM {t} t WHERE {cond}"),
-                            &format!("SELECT {key} || ' -> ' || row({sample_cols})::text FROM {t} t WHERE {cond} LIMIT 5"),
-                        )
-                        .await
-                        {
-                            Ok((n, samples)) => out.extend(found(
+                        let new_key = super::orphans::NewKey {
+                            table: &t,
+                            row_key: &key,
+                            columns: &cols,
+                            parent: &rtable,
+                            parent_columns: &rcols,
+                            condition: &cond,
+                        };
+                        match super::orphans::count(client, source, &new_key).await {
+                            Ok(o) => out.extend(found(
                                 PreflightCode::Orphans,
                                 &table,
-                                n,
-                                samples,
-                                format!("{n} row(s) of {table} reference no row of {rtable}: the foreign key will fail"),
+                                o.count,
+                                o.samples,
+                                if source.is_some() {
+                                    format!(
+                                        "{} row(s) of {table} reference no row of {rtable}, on the source either: the \
+                                         foreign key will fail (measured on a subset; {} more reference rows the \
+                                         subset left out, not counted)",
+                                        o.count, o.left_out
+                                    )
+                                } else {
+                                    format!(
+                                        "{} row(s) of {table} reference no row of {rtable}: the foreign key will fail",
+                                        o.count
+                                    )
+                                },
                                 "clean the orphans (delete them or point them at a valid row), or add the constraint NOT \
                                  VALID now and VALIDATE CONSTRAINT after the cleanup",
                             )),

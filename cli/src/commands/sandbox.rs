@@ -83,6 +83,23 @@ pub struct CreateArgs {
     /// healthy, manual waits for `understudy sandbox resync`
     #[arg(long, default_value = "auto")]
     resync: sandbox::state::ResyncPolicy,
+    /// Hold only these rows (repeatable): `TABLE: FILTER` filters one table, a bare FILTER is a partitioning key
+    /// for every table with its columns (`tenant_id IN (3, 17)`); parents of the rows held are copied too
+    #[arg(long, value_name = "FILTER")]
+    subset: Vec<String>,
+}
+
+/// The `--subset` flags as one subset, `None` without any.
+fn subset_from(flags: &[String]) -> anyhow::Result<Option<understudy::source::Subset>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let mut subset = understudy::source::Subset::default();
+    for flag in flags {
+        subset.add_flag(flag).map_err(UsageError)?;
+    }
+    subset.check().map_err(UsageError)?;
+    Ok(Some(subset))
 }
 
 fn default_jobs() -> usize {
@@ -187,6 +204,7 @@ async fn create(args: CreateArgs, state_dir: StateDir) -> anyhow::Result<ExitCod
         wal_budget_bytes: args.wal_budget.bytes(),
         progress: !args.no_progress,
         resync: args.resync,
+        subset: subset_from(&args.subset)?,
     };
     let say = |line: &str| eprintln!("{line}");
     let created = tokio::select! {
@@ -325,6 +343,32 @@ fn print_status(st: &sandbox::SandboxStatus) {
     println!("  tables       {}", st.tables.len());
     for t in &st.tables {
         println!("    {:<40} {}", t.table, t.state);
+    }
+    if let Some(subset) = &st.subset {
+        println!(
+            "  subset       {} table(s) filtered{}; rows present (estimates, from both servers' statistics):",
+            subset.filters.len(),
+            subset
+                .key
+                .as_deref()
+                .map(|k| format!(" by key {k}"))
+                .unwrap_or_default()
+        );
+        for s in &st.shares {
+            println!(
+                "    {:<40} {:>10} of {:>10}  {:>6}  {}",
+                s.table,
+                s.rows,
+                s.source_rows,
+                s.share
+                    .map(|x| format!("{:.1}%", x * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                s.filter
+                    .as_deref()
+                    .map(|f| format!("WHERE {f}"))
+                    .unwrap_or_else(|| "whole".into())
+            );
+        }
     }
     for d in &st.drift {
         println!("  drift        {d}");

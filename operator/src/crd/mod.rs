@@ -236,5 +236,31 @@ mod tests {
             ))),
             ""
         );
+        let tenant = serde_json::json!({"key": "tenant_id IN (3)"});
+        assert_eq!(
+            message(validate_cel(&sandbox(
+                serde_json::json!({"schema": "app", "subset": tenant})
+            ))),
+            ""
+        );
+        assert!(
+            message(validate_cel(&sandbox(
+                serde_json::json!({"publication": "p", "subset": tenant})
+            )))
+            .contains("subset needs tables or schema")
+        );
+        assert!(
+            message(validate_cel(&sandbox(
+                serde_json::json!({"schema": "app", "subset": {}})
+            )))
+            .contains("a key or table filters")
+        );
+        let old = sandbox(serde_json::json!({"schema": "app", "subset": tenant}));
+        let mut new = old.clone();
+        new.spec.subset = Some(crate::crd::sandbox::SubsetSpec {
+            key: Some("tenant_id IN (4)".into()),
+            tables: None,
+        });
+        assert!(message(validate_cel_update(&new, &old)).contains("subset is fixed at creation"));
     }
 }

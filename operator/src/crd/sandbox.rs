@@ -53,6 +53,8 @@ pub struct Storage {
     validation = Rule::new(
         "[has(self.spec.publication), has(self.spec.tables), has(self.spec.schema)].filter(x, x).size() == 1"
     ).message("give exactly one of publication, tables or schema"),
+    validation = Rule::new("!has(self.spec.subset) || !has(self.spec.publication)")
+        .message("subset needs tables or schema: with publication, the publication's row filters are the subset"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxSpec {
@@ -86,6 +88,36 @@ pub struct SandboxSpec {
     /// (`kubectl annotate sandbox NAME understudy.dev/resync="$(date +%s)" --overwrite`) [default: auto].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<Resync>,
+    /// Hold only some rows: publication row filters, with the parents of the rows held copied too. Fixed at
+    /// creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("subset is fixed at creation: delete and recreate the Sandbox to change it"))]
+    pub subset: Option<SubsetSpec>,
+}
+
+/// The rows a Sandbox holds.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.key) || (has(self.tables) && size(self.tables) > 0)").message("subset needs a key or table filters"))]
+pub struct SubsetSpec {
+    /// A filter for every replicated table that has the columns it names, for example `tenant_id IN (3, 17)`
+    /// (PostgreSQL 15 row-filter rules: the table's own columns in its replica identity, built-in immutable
+    /// functions, no subqueries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Filters of single tables (`schema.table` or `table` in `public`), used instead of `key` for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl SubsetSpec {
+    /// The agent's form.
+    pub fn to_agent(&self) -> understudy::source::Subset {
+        understudy::source::Subset {
+            key: self.key.clone(),
+            tables: self.tables.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// A Sandbox's resync policy.

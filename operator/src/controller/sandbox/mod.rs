@@ -258,12 +258,14 @@ async fn resync_if_asked(
 
 async fn create(sbx: &Sandbox, ctx: &Context, agent: &crate::agent::AgentClient, conninfo: &str) -> Result<Action> {
     let name = sbx.name_any();
+    let subset = sbx.spec.subset.as_ref().map(|s| s.to_agent());
     let what = Replication {
         publication: sbx.spec.publication.as_deref(),
         tables: sbx.spec.tables.as_deref(),
         schema: sbx.spec.schema.as_deref(),
         wal_budget: sbx.spec.wal_budget.as_deref(),
         resync: sbx.spec.resync.map(|r| r.as_str()),
+        subset: subset.as_ref(),
     };
     match agent.create_sandbox(&name, conninfo, &what).await {
         Ok(_) => {
