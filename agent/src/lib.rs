@@ -10,6 +10,7 @@ pub mod fork;
 pub mod lint;
 pub mod locks;
 pub mod lsn;
+pub mod mask;
 pub mod metrics;
 pub mod migrate;
 pub mod pg;

@@ -78,6 +78,7 @@ impl Lab {
             progress: false,
             resync: Default::default(),
             subset: None,
+            mask: None,
         })
     }
 

@@ -108,6 +108,7 @@ async fn demo(opts: &DemoOptions, root: &std::path::Path) -> anyhow::Result<Demo
         progress: true,
         resync: Default::default(),
         subset: None,
+        mask: None,
     };
     let say = |line: &str| println!("      {line}");
     let mut result = follow_and_check(opts, &source, &admin, writer, &state, &name, &create, &say, started).await;

@@ -169,6 +169,7 @@ pub fn create_options(root: &TempRoot, source: &SourceServer, name: &str, replic
         progress: false,
         resync: Default::default(),
         subset: None,
+        mask: None,
     }
 }
 

@@ -346,6 +346,7 @@ async fn start_one(
             ))
             .await
             .map_err(PgError::sql("dropping the capture publication in the fork"))?;
+            crate::mask::install::remove(&c).await?;
             c
         }
     };
@@ -440,6 +441,7 @@ async fn detach(client: &Client) -> Result<(), ForkError> {
         ))
         .await
         .map_err(PgError::sql("dropping slots copied into the fork"))?;
+    crate::mask::install::remove(client).await?;
     Ok(())
 }
 

@@ -50,6 +50,11 @@ pub async fn complete(
         return Ok(closure);
     }
     let src = copy::snapshot_session(source, snapshot).await?;
+    // As the copy's sessions: a masked sandbox's replica triggers fire for these rows too.
+    sandbox
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .map_err(PgError::sql("configuring the closure's session"))?;
     let progress = Progress::start("closure", 0, 0, false);
     let mut asked: Vec<HashSet<Vec<String>>> = vec![HashSet::new(); keys.len()];
     loop {

@@ -212,7 +212,8 @@ async fn worker(
 ) -> Result<(u64, u64), PgError> {
     let src = snapshot_session(source, snapshot).await?;
     let dst = connect_plain(sandbox, "understudy-copy").await?;
-    dst.batch_execute("SET synchronous_commit = off")
+    // As the apply worker: a masked sandbox's replica triggers fire for these rows too.
+    dst.batch_execute("SET synchronous_commit = off; SET session_replication_role = replica")
         .await
         .map_err(PgError::sql("configuring the copy session"))?;
     let (mut bytes, mut rows) = (0u64, 0u64);

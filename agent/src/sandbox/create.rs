@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::state::{self, InitialCopy, ResyncPolicy, SandboxMeta, SandboxState, StateDir};
 use super::{SandboxError, closure, copy, delete, sandbox_cluster_config, schema, sequences, space};
 use crate::lsn::Lsn;
+use crate::mask::MaskConfig;
 use crate::pg::cluster::Cluster;
 use crate::pg::connect::connect_source;
 use crate::pg::os_user::RunAs;
@@ -36,6 +37,8 @@ pub struct CreateOptions {
     pub resync: ResyncPolicy,
     /// The rows to hold, when not all (row filters of the publication Understudy creates).
     pub subset: Option<Subset>,
+    /// Masking per column, applied as rows arrive.
+    pub mask: Option<MaskConfig>,
 }
 
 /// Creates a sandbox. On failure everything created so far is removed (source objects first) and the error is
@@ -81,6 +84,7 @@ pub(crate) async fn check(opts: &CreateOptions, say: &(dyn Fn(&str) + Sync)) -> 
         &opts.name.publication(),
         bins.major(),
         opts.subset.as_ref(),
+        opts.mask.as_ref(),
     )
     .await??;
     for warning in &checked.warnings {
@@ -165,6 +169,7 @@ impl Prepared {
             source_unreachable_since: None,
             last_outage: None,
             subset: None,
+            masking: opts.mask.clone(),
         };
         let saved = state::save_source(&dir, &opts.source).and_then(|()| meta.save(&dir));
         if let Err(e) = saved {
@@ -236,6 +241,7 @@ async fn make(
             tables,
             whole_schema.as_deref(),
             &checked.filters,
+            &checked.columns,
         )
         .await?;
         say(&format!("created publication {} on the source", meta.publication));
@@ -310,6 +316,13 @@ async fn make(
     ));
     let target = cluster.conninfo(&meta.database);
     schema::restore(bins, &archive, &target, Section::PreData, 1).await?;
+    if let Some(config) = &opts.mask {
+        // Before any row arrives: the copy's sessions and the apply worker both fire the masking triggers.
+        let key = state::mask_key(&opts.state_dir.sandbox_dir(&opts.name))?;
+        let db = crate::pg::connect::connect_plain(&target, "understudy-mask").await?;
+        crate::mask::install::install(&db, client, &key, config).await?;
+        say("masking installed on the sandbox: rows are masked as they arrive");
+    }
     let schema_seconds = started.elapsed().as_secs_f64();
     say(&format!(
         "sandbox cluster started and schema restored (pre-data) in {schema_seconds:.1}s"

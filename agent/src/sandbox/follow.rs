@@ -421,7 +421,7 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
             pending.push(change.describe());
             continue;
         }
-        match apply(&source_info, &cluster, &sandbox, &meta.database, change, &dir).await {
+        match apply(&source_info, &cluster, &sandbox, &meta, change, &dir).await {
             Ok(()) => {
                 if matches!(change, Change::AddTable { .. }) {
                     refresh = true;
@@ -457,6 +457,14 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
             "see `understudy sandbox status`; the agent applies additive DDL (`understudy agent start` when none runs)",
         );
     }
+    if let Some(masking) = &meta.masking {
+        for column in crate::mask::install::unclassified(&sandbox, masking).await? {
+            pending.push(format!(
+                "column {column} has no masking policy: the sandbox holds a filler for it, not its values; classify \
+                 it in the mask config (understudy sandbox mask NAME --mask-config FILE)"
+            ));
+        }
+    }
     report.new_drift = pending.iter().filter(|p| !meta.pending_drift.contains(p)).count();
     meta.pending_drift = pending.clone();
     meta.phase = if pending.is_empty() {
@@ -473,10 +481,11 @@ async fn apply(
     source: &crate::pg::ConnInfo,
     cluster: &crate::pg::Cluster,
     sandbox: &Client,
-    database: &str,
+    meta: &SandboxMeta,
     change: &Change,
     dir: &Path,
 ) -> Result<(), SandboxError> {
+    let database = meta.database.as_str();
     let exec = |sql: String| async move {
         sandbox
             .batch_execute(&sql)
@@ -503,7 +512,26 @@ async fn apply(
             if *not_null && default.is_some() {
                 sql.push_str(" NOT NULL");
             }
-            exec(sql).await
+            let masked = meta
+                .masking
+                .as_ref()
+                .and_then(|m| m.tables().get(table).map(|p| (*p).clone()));
+            match masked {
+                // Fails closed: the column and the trigger that holds its values back (until the mask config
+                // classifies it) appear together, before the apply worker can store a row with it.
+                Some(policies) => {
+                    exec(format!("BEGIN; {sql}")).await?;
+                    let trigger = crate::mask::install::table_sql(sandbox, table, &policies).await;
+                    match trigger {
+                        Ok(trigger) => exec(format!("{trigger} COMMIT")).await,
+                        Err(e) => {
+                            exec("ROLLBACK".into()).await.ok();
+                            Err(e.into())
+                        }
+                    }
+                }
+                None => exec(sql).await,
+            }
         }
         Change::AddIndex { definition, .. } => {
             let definition = definition

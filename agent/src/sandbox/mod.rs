@@ -12,6 +12,7 @@ pub mod create;
 pub mod delete;
 pub mod follow;
 pub mod lock;
+pub mod masking;
 pub mod resync;
 pub mod schema;
 pub mod sequences;

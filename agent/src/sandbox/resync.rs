@@ -99,7 +99,7 @@ fn apply_policy(meta: &mut SandboxMeta, policy: ResyncPolicy) {
 }
 
 /// The metadata of sandbox `name`, read under its lock (held while the caller changes it).
-async fn locked(
+pub(crate) async fn locked(
     state_dir: &StateDir,
     name: &SandboxName,
 ) -> Result<(super::SandboxLock, PathBuf, SandboxMeta), SandboxError> {
@@ -185,6 +185,7 @@ pub async fn resync(
         resync: old.resync,
         // Its row filters are in the publication.
         subset: None,
+        mask: old.masking.clone(),
     };
     say(&format!(
         "resync of sandbox {name}: building generation {generation} beside the stale copy"

@@ -308,6 +308,9 @@ pub struct SandboxMeta {
     /// The rows it holds when not all: its publication's row filters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<SubsetState>,
+    /// Its masking, when its rows are masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<crate::mask::MaskConfig>,
 }
 
 /// A time the follower could not reach the source.
@@ -452,4 +455,23 @@ pub fn owned_on_sources(state: &StateDir) -> crate::source::sweep::Owned {
         }
     }
     owned
+}
+
+/// The masking key's file in a sandbox's directory (0600; a resync's copy uses it too, so that values mask the
+/// same in every generation).
+pub const MASK_KEY_FILE: &str = "mask.key";
+
+/// The sandbox's key, made on first use.
+pub fn mask_key(dir: &std::path::Path) -> Result<[u8; 32], SandboxError> {
+    let path = dir.join(MASK_KEY_FILE);
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| SandboxError::io("making the masking key", std::io::Error::other(e)))?;
+    std::fs::write(&path, key).map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))?;
+    set_mode(&path, 0o600)?;
+    Ok(key)
 }

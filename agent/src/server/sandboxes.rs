@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::App;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorResponse};
 use crate::error::{Classify, ErrorKind};
+use crate::mask::MaskConfig;
 use crate::pg::{ConnInfo, QualifiedName};
 use crate::sandbox::state::ResyncPolicy;
 use crate::sandbox::{self, CreateOptions, DeleteReport, SandboxMeta, SandboxState, SandboxStatus};
@@ -59,6 +60,10 @@ pub struct CreateSandbox {
     /// copied too.
     #[serde(default)]
     pub subset: Option<Subset>,
+    /// Masking per column (`tables: {"schema.table": {"column": "fake-email"}}`): keep, fake-email, fake-name,
+    /// hash, null or exclude; every column of a masked table needs one (its keys are kept).
+    #[serde(default)]
+    pub mask: Option<MaskConfig>,
 }
 
 /// A sandbox as the API shows it.
@@ -176,6 +181,15 @@ impl CreateSandbox {
                     Some(subset.clone())
                 }
                 None => None,
+            },
+            mask: match &self.mask {
+                Some(mask) if mask.tables.is_empty() => {
+                    return Err(ApiError::new(
+                        ErrorKind::Invalid,
+                        "mask: it names no table; give tables with a policy per column",
+                    ));
+                }
+                other => other.clone(),
             },
         })
     }

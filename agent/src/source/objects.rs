@@ -17,10 +17,18 @@ pub async fn create_publication(
     tables: &[QualifiedName],
     whole_schema: Option<&str>,
     filters: &[TableFilter],
+    columns: &std::collections::BTreeMap<QualifiedName, Vec<String>>,
 ) -> Result<(), PgError> {
-    let listed = |t: &QualifiedName| match filters.iter().find(|f| &f.table == t) {
-        Some(f) => format!("{} WHERE ({})", t.sql(), f.filter),
-        None => t.sql(),
+    let listed = |t: &QualifiedName| {
+        let mut item = t.sql();
+        if let Some(cols) = columns.get(t) {
+            let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+            item.push_str(&format!(" ({})", cols.join(", ")));
+        }
+        if let Some(f) = filters.iter().find(|f| &f.table == t) {
+            item.push_str(&format!(" WHERE ({})", f.filter));
+        }
+        item
     };
     let target = match whole_schema {
         Some(schema) => format!("TABLES IN SCHEMA {}", quote_ident(schema)),

@@ -65,6 +65,8 @@ pub struct Preflight {
     pub tables: Vec<QualifiedName>,
     /// The subset's row filters, for the publication Understudy creates.
     pub filters: Vec<TableFilter>,
+    /// Column lists (every column but the excluded ones), for the publication Understudy creates.
+    pub columns: std::collections::BTreeMap<QualifiedName, Vec<String>>,
     pub warnings: Vec<String>,
 }
 
@@ -76,6 +78,7 @@ pub async fn run(
     own_publication: &str,
     local_major: u32,
     subset: Option<&Subset>,
+    mask: Option<&crate::mask::MaskConfig>,
 ) -> Result<Result<Preflight, PreflightFailed>, PgError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -339,10 +342,16 @@ pub async fn run(
             }
         }
     }
-    if !filters.is_empty()
+    let mut columns = std::collections::BTreeMap::new();
+    if let Some(mask) = mask
+        && problems.is_empty()
+    {
+        columns = masked_columns(client, mask, what, &tables, &mut problems).await?;
+    }
+    if (!filters.is_empty() || !columns.is_empty())
         && let Some((_, whole)) = create_publication.as_mut()
     {
-        // Row filters are given table by table: a schema's tables are listed.
+        // Row filters and column lists are given table by table: a schema's tables are listed.
         *whole = None;
     }
     if !problems.is_empty() {
@@ -350,6 +359,7 @@ pub async fn run(
     }
     Ok(Ok(Preflight {
         filters,
+        columns,
         role,
         server_version_num: version,
         publication,
@@ -357,6 +367,67 @@ pub async fn run(
         tables,
         warnings,
     }))
+}
+
+/// The mask config's checks, and the column lists that leave its excluded columns on the source: the published
+/// columns of each table with exclusions (for a publication Understudy creates), or a refusal when an existing
+/// publication would send them.
+pub(crate) async fn masked_columns(
+    client: &Client,
+    mask: &crate::mask::MaskConfig,
+    what: &Replicate,
+    tables: &[QualifiedName],
+    problems: &mut Vec<Problem>,
+) -> Result<std::collections::BTreeMap<QualifiedName, Vec<String>>, PgError> {
+    for refusal in crate::mask::check(client, mask, tables).await? {
+        problems.push(Problem {
+            code: "mask-config",
+            message: refusal.message,
+            fix: refusal.fix,
+        });
+    }
+    let mut columns = std::collections::BTreeMap::new();
+    let excluded = mask.excluded();
+    if let Replicate::Publication(name) = what {
+        for table in catalog::published_tables(client, name).await? {
+            let sent: Vec<&String> = excluded
+                .get(&table.name)
+                .map(|ex| ex.iter().filter(|c| table.columns.contains(c)).collect())
+                .unwrap_or_default();
+            if !sent.is_empty() {
+                let keep: Vec<String> = table
+                    .columns
+                    .iter()
+                    .filter(|c| !sent.contains(c))
+                    .map(|c| quote_ident(c))
+                    .collect();
+                problems.push(Problem {
+                    code: "mask-config",
+                    message: format!(
+                        "publication {name} sends {}.{}, which the mask config excludes: excluded columns never \
+                         leave the source",
+                        table.name,
+                        sent.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                    fix: format!(
+                        "give the publication a column list: ALTER PUBLICATION {} SET TABLE {} ({})",
+                        quote_ident(name),
+                        table.name.sql(),
+                        keep.join(", ")
+                    ),
+                });
+            }
+        }
+        return Ok(columns);
+    }
+    for (table, ex) in excluded {
+        let (facts, _) = catalog::table_facts(client, std::slice::from_ref(&table)).await?;
+        if let Some(f) = facts.first() {
+            let all = catalog::copyable_columns(client, f.oid).await?;
+            columns.insert(table, all.into_iter().filter(|c| !ex.contains(c)).collect());
+        }
+    }
+    Ok(columns)
 }
 
 fn join(names: &[QualifiedName]) -> String {

@@ -41,6 +41,14 @@ pub enum SandboxCommand {
     },
     /// Rebuild a stale sandbox from its source now (the agent does it by itself unless the policy is manual)
     Resync { name: String },
+    /// Give a masked sandbox a new mask config, to classify columns the source added since (policies already
+    /// given stay as they are)
+    Mask {
+        name: String,
+        /// The TOML file: a policy per column of each masked table
+        #[arg(long, value_name = "FILE")]
+        mask_config: std::path::PathBuf,
+    },
     /// Delete a sandbox and everything it holds on the source
     Delete {
         name: String,
@@ -87,6 +95,10 @@ pub struct CreateArgs {
     /// for every table with its columns (`tenant_id IN (3, 17)`); parents of the rows held are copied too
     #[arg(long, value_name = "FILTER")]
     subset: Vec<String>,
+    /// Mask personal data as it arrives: a TOML file with a policy per column of each masked table (keep,
+    /// fake-email, fake-name, hash, null, exclude)
+    #[arg(long, value_name = "FILE")]
+    mask_config: Option<std::path::PathBuf>,
 }
 
 /// The `--subset` flags as one subset, `None` without any.
@@ -100,6 +112,14 @@ fn subset_from(flags: &[String]) -> anyhow::Result<Option<understudy::source::Su
     }
     subset.check().map_err(UsageError)?;
     Ok(Some(subset))
+}
+
+/// A mask config file, read and parsed.
+pub fn mask_from(path: &std::path::Path) -> anyhow::Result<understudy::mask::MaskConfig> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| UsageError(format!("--mask-config {}: {e}", path.display())))?;
+    understudy::mask::MaskConfig::parse(&text)
+        .map_err(|e| UsageError(format!("--mask-config {}: {e}", path.display())).into())
 }
 
 fn default_jobs() -> usize {
@@ -153,6 +173,22 @@ pub async fn run(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Result<Exi
             (Some(n), true) => watch_once(&state_dir, &name(&n)?).await,
             _ => crate::commands::agent::foreground(&serve, &state_dir).await,
         },
+        SandboxCommand::Mask { name: n, mask_config } => {
+            let n = name(&n)?;
+            let config = mask_from(&mask_config)?;
+            let done = sandbox::masking::reclassify(&state_dir, &n, &config).await?;
+            println!("sandbox {n}: mask config saved and applied");
+            for column in &done.classified {
+                println!(
+                    "  classified   {column} (rows that arrived before hold its filler: `understudy sandbox resync` \
+                     after a stale, or a new sandbox, refills them)"
+                );
+            }
+            for column in &done.unclassified {
+                println!("  unclassified {column} (still held back)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         SandboxCommand::Resync { name: n } => {
             let n = name(&n)?;
             let _lock = sandbox::SandboxLock::acquire(&state_dir, &n).await?;
@@ -205,6 +241,10 @@ async fn create(args: CreateArgs, state_dir: StateDir) -> anyhow::Result<ExitCod
         progress: !args.no_progress,
         resync: args.resync,
         subset: subset_from(&args.subset)?,
+        mask: match &args.mask_config {
+            Some(path) => Some(mask_from(path)?),
+            None => None,
+        },
     };
     let say = |line: &str| eprintln!("{line}");
     let created = tokio::select! {
