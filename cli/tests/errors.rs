@@ -146,7 +146,8 @@ async fn every_bad_input_of_the_table_is_refused_and_leaves_nothing() {
         .batch_execute(
             "CREATE TABLE no_pk (v text); CREATE PUBLICATION pub_nopk FOR TABLE no_pk;
              CREATE TABLE secret (id int PRIMARY KEY); CREATE PUBLICATION pub_secret FOR TABLE secret;
-             REVOKE ALL ON secret FROM understudy_replicator;",
+             REVOKE ALL ON secret FROM understudy_replicator;
+             ALTER TABLE orders OWNER TO understudy_replicator; GRANT CREATE ON DATABASE shop TO understudy_replicator;",
         )
         .await
         .expect("bad tables");
@@ -258,6 +259,48 @@ async fn every_bad_input_of_the_table_is_refused_and_leaves_nothing() {
                 );
                 got
             }
+            "unpublishable-filter" => {
+                let filter = "id > 0 AND now() > '2020-01-01'";
+                Outcome {
+                    cli: cli(&state)
+                        .args(["sandbox", "create", "bad", "--tables", "public.orders", "--no-progress"])
+                        .args(["--subset", filter])
+                        .env("UNDERSTUDY_SOURCE", &good)
+                        .output()
+                        .expect("run understudy"),
+                    api: Some(
+                        agent
+                            .post(
+                                "/v1/sandboxes",
+                                &json!({"name": "bad", "source": good, "tables": ["public.orders"],
+                                        "subset": {"key": filter}}),
+                            )
+                            .await,
+                    ),
+                }
+            }
+            "masked-key" => {
+                let mask = root.path().join("mask.toml");
+                std::fs::write(&mask, "[tables.customers]\nid = \"hash\"\n").expect("mask.toml");
+                Outcome {
+                    cli: cli(&state)
+                        .args(["sandbox", "create", "bad", "--publication", "shop_pub", "--no-progress"])
+                        .arg("--mask-config")
+                        .arg(&mask)
+                        .env("UNDERSTUDY_SOURCE", &good)
+                        .output()
+                        .expect("run understudy"),
+                    api: Some(
+                        agent
+                            .post(
+                                "/v1/sandboxes",
+                                &json!({"name": "bad", "source": good, "publication": "shop_pub",
+                                        "mask": {"tables": {"customers": {"id": "hash"}}}}),
+                            )
+                            .await,
+                    ),
+                }
+            }
             "second-agent" => Outcome {
                 cli: cli(&state)
                     .args(["agent", "--listen", "127.0.0.1:0", "--token-file"])
@@ -281,12 +324,14 @@ async fn every_bad_input_of_the_table_is_refused_and_leaves_nothing() {
         "full-state-dir",
         "invalid-schedule",
         "malformed-sql",
+        "masked-key",
         "missing-file",
         "missing-privileges",
         "no-free-slot",
         "replica-identity",
         "second-agent",
         "unknown-sandbox",
+        "unpublishable-filter",
         "unreachable-host",
         "wal-level",
         "wrong-password",

@@ -67,6 +67,8 @@ struct CreateBody<'a> {
     resync: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subset: Option<&'a understudy::source::Subset>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask: Option<&'a understudy::mask::MaskConfig>,
 }
 
 /// What a sandbox replicates, for its creation.
@@ -78,6 +80,7 @@ pub struct Replication<'a> {
     /// `auto` or `manual`.
     pub resync: Option<&'a str>,
     pub subset: Option<&'a understudy::source::Subset>,
+    pub mask: Option<&'a understudy::mask::MaskConfig>,
 }
 
 impl AgentClient {
@@ -167,6 +170,7 @@ impl AgentClient {
             wal_budget: what.wal_budget,
             resync: what.resync,
             subset: what.subset,
+            mask: what.mask,
         };
         self.json(self.http.post(self.url("/v1/sandboxes")).json(&body)).await
     }
@@ -186,6 +190,13 @@ impl AgentClient {
     /// Sets the resync policy (`auto`, `manual`) of sandbox `name`.
     pub async fn set_resync_policy(&self, name: &str, policy: &str) -> Result<SandboxView, AgentError> {
         let body = serde_json::json!({ "resync": policy });
+        self.json(self.http.patch(self.url(&format!("/v1/sandboxes/{name}"))).json(&body))
+            .await
+    }
+
+    /// Gives masked sandbox `name` a new mask config.
+    pub async fn set_mask(&self, name: &str, mask: &understudy::mask::MaskConfig) -> Result<SandboxView, AgentError> {
+        let body = serde_json::json!({ "mask": mask });
         self.json(self.http.patch(self.url(&format!("/v1/sandboxes/{name}"))).json(&body))
             .await
     }

@@ -21,6 +21,7 @@ async fn the_server_accepts_the_examples_and_refuses_a_broken_dry_run() {
     for created in [
         "secret/shop-production created",
         "sandbox.understudy.dev/shop created",
+        "sandbox.understudy.dev/shop-tenant3 created",
         "dryrun.understudy.dev/orders-flag created",
         "dryrun.understudy.dev/orders-index-nightly created",
         "dryrun.understudy.dev/orders-index-peak created",
@@ -36,6 +37,7 @@ async fn the_server_accepts_the_examples_and_refuses_a_broken_dry_run() {
         listed.lines().collect::<Vec<_>>(),
         vec![
             "sandbox.understudy.dev/shop",
+            "sandbox.understudy.dev/shop-tenant3",
             "dryrun.understudy.dev/orders-flag",
             "dryrun.understudy.dev/orders-index-nightly",
             "dryrun.understudy.dev/orders-index-peak"
@@ -46,7 +48,7 @@ async fn the_server_accepts_the_examples_and_refuses_a_broken_dry_run() {
         .kubectl(&["get", "understudy", "-o", "name"])
         .await
         .expect("kubectl get understudy");
-    assert_eq!(by_category.lines().count(), 4, "{by_category}");
+    assert_eq!(by_category.lines().count(), 5, "{by_category}");
     let columns = cluster.kubectl(&["get", "dr"]).await.expect("kubectl get dr");
     let header = columns.lines().next().unwrap_or_default();
     for column in ["SANDBOX", "PHASE", "VERDICT", "AGE"] {

@@ -260,6 +260,7 @@ mod tests {
             source_outage_seconds: None,
             last_outage: None,
             subset: None,
+            masking: None,
             shares: Vec::new(),
         }
     }

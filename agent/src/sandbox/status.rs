@@ -131,6 +131,9 @@ pub struct SandboxStatus {
     /// The rows it holds when not all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<SubsetState>,
+    /// Its masking, when its rows are masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<crate::mask::MaskConfig>,
     /// On a subset, the share of each table's rows that is present.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<TableShare>,
@@ -196,6 +199,7 @@ pub async fn status(state_dir: &StateDir, name: &SandboxName) -> Result<SandboxS
         }),
         last_outage: meta.last_outage.clone(),
         subset: meta.subset.clone(),
+        masking: meta.masking.clone(),
         shares: Vec::new(),
     };
     if !meta.pending_drift.is_empty() {

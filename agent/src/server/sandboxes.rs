@@ -463,7 +463,12 @@ pub async fn resync(
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandbox {
     /// What happens when the sandbox goes stale: auto (rebuilt once the source is healthy) or manual.
-    pub resync: ResyncPolicy,
+    #[serde(default)]
+    pub resync: Option<ResyncPolicy>,
+    /// A masked sandbox's new mask config: it may classify columns the source added since; a policy already given
+    /// cannot change.
+    #[serde(default)]
+    pub mask: Option<MaskConfig>,
 }
 
 /// Change a sandbox's settings. A stale sandbox that waited for a request under policy manual is rebuilt on the
@@ -483,7 +488,21 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateSandbox>,
 ) -> Result<Json<SandboxView>, ApiError> {
     let parsed = parse_name(&name)?;
-    sandbox::resync::set_policy(&app.state, &parsed, body.resync).await?;
+    if body.resync.is_none() && body.mask.is_none() {
+        return Err(ApiError::new(
+            ErrorKind::Invalid,
+            "give resync or mask, the settings a sandbox may change",
+        ));
+    }
+    if let Some(mask) = &body.mask {
+        if mask.tables.is_empty() {
+            return Err(ApiError::new(ErrorKind::Invalid, "mask: it names no table"));
+        }
+        sandbox::masking::reclassify(&app.state, &parsed, mask).await?;
+    }
+    if let Some(policy) = body.resync {
+        sandbox::resync::set_policy(&app.state, &parsed, policy).await?;
+    }
     app.supervisor.rescan();
     show(State(app), ApiPath(name)).await
 }

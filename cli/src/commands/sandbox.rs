@@ -180,8 +180,8 @@ pub async fn run(cmd: SandboxCommand, state_dir: StateDir) -> anyhow::Result<Exi
             println!("sandbox {n}: mask config saved and applied");
             for column in &done.classified {
                 println!(
-                    "  classified   {column} (rows that arrived before hold its filler: `understudy sandbox resync` \
-                     after a stale, or a new sandbox, refills them)"
+                    "  classified   {column} (rows that arrived before hold its filler until the sandbox is \
+                     created anew)"
                 );
             }
             for column in &done.unclassified {
@@ -409,6 +409,13 @@ fn print_status(st: &sandbox::SandboxStatus) {
                     .unwrap_or_else(|| "whole".into())
             );
         }
+    }
+    if let Some(masking) = &st.masking {
+        let columns: usize = masking.tables.values().map(|c| c.len()).sum();
+        println!(
+            "  masking      {} table(s), {columns} column(s) classified (values masked as they arrive)",
+            masking.tables.len()
+        );
     }
     for d in &st.drift {
         println!("  drift        {d}");

@@ -262,5 +262,21 @@ mod tests {
             tables: None,
         });
         assert!(message(validate_cel_update(&new, &old)).contains("subset is fixed at creation"));
+        let masked =
+            sandbox(serde_json::json!({"schema": "app", "mask": {"tables": {"users": {"email": "fake-email"}}}}));
+        assert_eq!(message(validate_cel(&masked)), "");
+        let config = masked.spec.mask.as_ref().map(|m| m.to_agent()).expect("mask");
+        assert_eq!(config.tables["users"]["email"], understudy::mask::Policy::FakeEmail);
+        assert!(
+            message(validate_cel(&sandbox(
+                serde_json::json!({"schema": "app", "mask": {"tables": {}}})
+            )))
+            .contains("at least one table")
+        );
+        let unknown: Result<crate::crd::sandbox::SandboxSpec, _> = serde_json::from_value(serde_json::json!({
+            "source": {"secretRef": {"name": "prod"}}, "schema": "app",
+            "mask": {"tables": {"users": {"email": "scramble"}}}
+        }));
+        assert!(unknown.is_err(), "an unknown policy is refused");
     }
 }

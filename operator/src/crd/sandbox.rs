@@ -93,6 +93,52 @@ pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("subset is fixed at creation: delete and recreate the Sandbox to change it"))]
     pub subset: Option<SubsetSpec>,
+    /// Mask personal data as it arrives: per table (`schema.table`), a policy per column. Every column of a
+    /// masked table needs one (its keys are kept). Later changes may only classify columns the source added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskSpec>,
+}
+
+/// A Sandbox's masking.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.tables) > 0").message("mask needs at least one table"))]
+pub struct MaskSpec {
+    pub tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, MaskPolicy>>,
+}
+
+/// What happens to one column's values (`docs/masking.md`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskPolicy {
+    Keep,
+    FakeEmail,
+    FakeName,
+    Hash,
+    Null,
+    Exclude,
+}
+
+impl MaskSpec {
+    /// The agent's form.
+    pub fn to_agent(&self) -> understudy::mask::MaskConfig {
+        use understudy::mask::Policy;
+        let policy = |p: &MaskPolicy| match p {
+            MaskPolicy::Keep => Policy::Keep,
+            MaskPolicy::FakeEmail => Policy::FakeEmail,
+            MaskPolicy::FakeName => Policy::FakeName,
+            MaskPolicy::Hash => Policy::Hash,
+            MaskPolicy::Null => Policy::Null,
+            MaskPolicy::Exclude => Policy::Exclude,
+        };
+        understudy::mask::MaskConfig {
+            tables: self
+                .tables
+                .iter()
+                .map(|(t, cols)| (t.clone(), cols.iter().map(|(c, p)| (c.clone(), policy(p))).collect()))
+                .collect(),
+        }
+    }
 }
 
 /// The rows a Sandbox holds.

@@ -169,6 +169,7 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action> {
         }
     }
     let view = update_policy(sbx, ctx, &agent, view).await;
+    let view = update_mask(sbx, ctx, &agent, view).await;
     let mut status = status_from(sbx, &view, applied_hash);
     resync_if_asked(sbx, ctx, &agent, &view, &mut status).await;
     if sbx.status.as_ref() != Some(&status) {
@@ -220,6 +221,42 @@ async fn update_policy(
     }
 }
 
+/// A mask config in the spec that a masked sandbox does not apply yet is given to the agent (which refuses to
+/// change a policy already given: a warning event says why, and the sandbox keeps its config).
+async fn update_mask(
+    sbx: &Sandbox,
+    ctx: &Context,
+    agent: &crate::agent::AgentClient,
+    view: SandboxView,
+) -> SandboxView {
+    let (Some(wanted), Some(applied)) = (
+        sbx.spec.mask.as_ref().map(|m| m.to_agent()),
+        view.status.as_ref().and_then(|s| s.masking.clone()),
+    ) else {
+        return view;
+    };
+    if wanted == applied {
+        return view;
+    }
+    match agent.set_mask(&view.name, &wanted).await {
+        Ok(updated) => {
+            ctx.event(
+                sbx,
+                EventType::Normal,
+                "MaskUpdated",
+                "the agent applies the new mask config".into(),
+            )
+            .await;
+            updated
+        }
+        Err(e) => {
+            ctx.event(sbx, EventType::Warning, "MaskUpdateFailed", e.to_string())
+                .await;
+            view
+        }
+    }
+}
+
 /// A new value of the [`RESYNC_ANNOTATION`] asks the agent to resync the sandbox (what policy `manual` waits
 /// for); the value acted on is kept in the status, so that each value asks once.
 async fn resync_if_asked(
@@ -259,6 +296,7 @@ async fn resync_if_asked(
 async fn create(sbx: &Sandbox, ctx: &Context, agent: &crate::agent::AgentClient, conninfo: &str) -> Result<Action> {
     let name = sbx.name_any();
     let subset = sbx.spec.subset.as_ref().map(|s| s.to_agent());
+    let mask = sbx.spec.mask.as_ref().map(|m| m.to_agent());
     let what = Replication {
         publication: sbx.spec.publication.as_deref(),
         tables: sbx.spec.tables.as_deref(),
@@ -266,6 +304,7 @@ async fn create(sbx: &Sandbox, ctx: &Context, agent: &crate::agent::AgentClient,
         wal_budget: sbx.spec.wal_budget.as_deref(),
         resync: sbx.spec.resync.map(|r| r.as_str()),
         subset: subset.as_ref(),
+        mask: mask.as_ref(),
     };
     match agent.create_sandbox(&name, conninfo, &what).await {
         Ok(_) => {
