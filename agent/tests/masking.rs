@@ -258,6 +258,56 @@ async fn a_masked_sandbox_holds_no_original_and_keeps_production_s_duplicates() 
     let in_report: Vec<&String> = originals.iter().filter(|o| text.contains(o.as_str())).collect();
     assert!(in_report.is_empty(), "no original value in the report: {in_report:?}");
 
+    // A recording taken while new personal data is written holds it masked.
+    let writes = tokio::spawn({
+        let app = source.admin().await.expect("app");
+        async move {
+            for i in 0..30 {
+                app.batch_execute(&format!(
+                    "INSERT INTO users VALUES ({id}, 2, 21, 'Recorded.Person{i}@Example.net', 'Recorded Name {i}'); \
+                     UPDATE users SET name = 'Renamed Person {i}' WHERE id = {id};",
+                    id = 8000 + i
+                ))
+                .await
+                .expect("write");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let rec = understudy::recording::take(
+        &root.state(),
+        &understudy::recording::RecordOptions {
+            sandbox: meta.name.clone(),
+            name: Some(SandboxName::parse("masked-peak").expect("name")),
+            window: Duration::from_secs(3),
+            ttl: Duration::from_secs(600),
+        },
+        &quiet,
+    )
+    .await
+    .expect("record");
+    writes.await.expect("writes");
+    assert!(rec.transactions > 10, "{rec:?}");
+    let mut stream = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(understudy::recording::stream_path(&root.state(), &rec)).expect("stream"),
+        ),
+        &mut stream,
+    )
+    .expect("gunzip");
+    let stream = String::from_utf8_lossy(&stream);
+    let recorded = originals_without_phone(&admin).await;
+    let in_stream: Vec<&String> = recorded.iter().filter(|o| stream.contains(o.as_str())).collect();
+    assert!(
+        in_stream.is_empty(),
+        "no original value in the recording: {in_stream:?}"
+    );
+    assert!(!stream.contains("Recorded.Person") && !stream.contains("Renamed Person"));
+    understudy::recording::delete(&root.state(), &rec.name)
+        .await
+        .expect("recording deleted");
+
     // A column the source adds to a masked table holds a filler and degrades the sandbox until it is classified.
     admin
         .batch_execute("ALTER TABLE users ADD COLUMN phone text; UPDATE users SET phone = '+1-555-' || id;")

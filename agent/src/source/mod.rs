@@ -7,6 +7,7 @@ pub mod identity;
 pub mod names;
 pub mod objects;
 pub mod preflight;
+pub mod problem;
 pub mod setup;
 pub mod subset;
 pub mod sweep;

@@ -23,17 +23,7 @@ pub enum Replicate {
     Schema(String),
 }
 
-/// One refused check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// A stable code: `wal-level`, `replication-slots`, `wal-senders`, `replication-role`, `select-privilege`,
-    /// `replica-identity`, `publication-missing`, `publication-empty`, `table-missing`, `create-publication`,
-    /// `slot-exists`, `publication-exists`, `server-version`, `subset-publication`, `subset-table`,
-    /// `subset-filter`.
-    pub code: &'static str,
-    pub message: String,
-    pub fix: String,
-}
+pub use super::problem::Problem;
 
 /// A refused preflight.
 #[derive(Debug, Clone, thiserror::Error, Serialize)]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::catalog::TableFacts;
-use super::preflight::Problem;
+use super::problem::Problem;
 use crate::pg::{PgError, QualifiedName, quote_ident};
 
 /// What rows a sandbox holds.
