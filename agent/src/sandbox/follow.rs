@@ -423,8 +423,15 @@ pub async fn follow_once(state_dir: &StateDir, name: &SandboxName) -> Result<Fol
         }
         match apply(&source_info, &cluster, &sandbox, &meta, change, &dir).await {
             Ok(()) => {
-                if matches!(change, Change::AddTable { .. }) {
-                    refresh = true;
+                match (change, &meta.masking) {
+                    // Fails closed: a masked sandbox has the table (so that the apply worker can read past its
+                    // changes) but does not subscribe to it, so none of its rows arrive unmasked.
+                    (Change::AddTable { table }, Some(_)) => pending.push(format!(
+                        "table {table} was added to the publication; a masked sandbox does not take its rows (they \
+                         would arrive unmasked): create a sandbox whose mask config names it"
+                    )),
+                    (Change::AddTable { .. }, None) => refresh = true,
+                    _ => {}
                 }
                 tracing::info!(change = %change.describe(), "applied to the sandbox");
                 report.applied.push(change.describe());

@@ -338,10 +338,11 @@ pub async fn run(
     {
         columns = masked_columns(client, mask, what, &tables, &mut problems).await?;
     }
-    if (!filters.is_empty() || !columns.is_empty())
+    if (!filters.is_empty() || mask.is_some())
         && let Some((_, whole)) = create_publication.as_mut()
     {
-        // Row filters and column lists are given table by table: a schema's tables are listed.
+        // Row filters and column lists are given table by table, so a schema's tables are listed; and a masked
+        // sandbox takes no table it was not checked with (a table created later would arrive unmasked).
         *whole = None;
     }
     if !problems.is_empty() {
