@@ -84,6 +84,14 @@ async fn leaks(db: &tokio_postgres::Client, originals: &[String]) -> Vec<String>
     found
 }
 
+/// The one number `sql` selects.
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 async fn connect(meta: &SandboxMeta) -> tokio_postgres::Client {
     sandbox::cluster_of(meta)
         .expect("cluster")
@@ -175,11 +183,7 @@ async fn a_masked_sandbox_holds_no_original_and_keeps_production_s_duplicates() 
         want[0] > 0 && want[4] > 0,
         "the source has lower(email) duplicate groups and NULLs: {want:?}"
     );
-    let notes: i64 = db
-        .query_one("SELECT count(*) FROM orders WHERE note IS NOT NULL", &[])
-        .await
-        .expect("notes")
-        .get(0);
+    let notes = count(&db, "SELECT count(*) FROM orders WHERE note IS NOT NULL").await;
     assert_eq!(notes, 0, "the excluded column holds its filler (NULL)");
     let published: Vec<String> = admin
         .query_one(
@@ -322,11 +326,7 @@ async fn a_masked_sandbox_holds_no_original_and_keeps_production_s_duplicates() 
         .expect("follow");
     // The dry-runs restarted the sandbox's server (a template fork): a new session.
     let db = connect(&meta).await;
-    let phones: i64 = db
-        .query_one("SELECT count(phone) FROM users", &[])
-        .await
-        .expect("phones")
-        .get(0);
+    let phones = count(&db, "SELECT count(phone) FROM users").await;
     assert_eq!(phones, 0, "the unclassified column's values are held back");
     let st = sandbox::status(&opts.state_dir, &opts.name).await.expect("status");
     assert_eq!(st.state, SandboxState::Degraded, "{:?}", st.reasons);
@@ -367,11 +367,7 @@ async fn a_masked_sandbox_holds_no_original_and_keeps_production_s_duplicates() 
         st.state,
         st.reasons
     );
-    let phones: i64 = db
-        .query_one("SELECT count(phone) FROM users", &[])
-        .await
-        .expect("phones")
-        .get(0);
+    let phones = count(&db, "SELECT count(phone) FROM users").await;
     assert!(phones > 50, "classified, the column's new values arrive ({phones})");
     let all = crate::originals(&admin).await;
     assert_eq!(leaks(&db, &all).await, Vec::<String>::new(), "masked, not as they are");
@@ -399,11 +395,7 @@ async fn a_masked_sandbox_holds_no_original_and_keeps_production_s_duplicates() 
         "{:?}",
         st.drift
     );
-    let invites: i64 = db
-        .query_one("SELECT count(*) FROM invites", &[])
-        .await
-        .expect("invites")
-        .get(0);
+    let invites = count(&db, "SELECT count(*) FROM invites").await;
     assert_eq!(invites, 0, "the new table's rows do not reach the masked sandbox");
     admin
         .batch_execute("INSERT INTO invites VALUES (2, 'Second.Invite@Example.com')")

@@ -338,6 +338,16 @@ async fn every_bad_input_of_the_table_is_refused_and_leaves_nothing() {
     ];
     assert_eq!(ran, expected, "every bad input of the issue has its row");
 
+    // A mask config for a sandbox that is not masked: its rows arrived unmasked, so masking is a creation's.
+    let (status, body) = agent
+        .patch(
+            "/v1/sandboxes/shop",
+            &json!({"mask": {"tables": {"orders": {"customer_id": "keep"}}}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("sandbox shop is not masked"), "{body}");
+
     // Nothing left behind: no sandbox but shop, and on the sources only shop's slot.
     assert_eq!(state.sandbox_names().len(), 1, "only sandbox shop is here");
     assert!(

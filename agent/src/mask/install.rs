@@ -26,7 +26,25 @@ const LATIN1: &str = "àáâãäåæçèéêëìíîïðñòóôõöøùúûüý
 const GREEK: &str = "αβγδεζηθικλμνξοπρστυφχψω";
 const CYRILLIC: &str = "абвгдежзийклмнопрстуфхцчшщъыьэюя";
 
+/// One pass of `scramble` over `c` (`1..n` or `REVERSE n..1`): each shiftable character moved by an amount drawn
+/// from a SHA-256 chain over the salt, the pass's name and length, and the characters the pass has read.
+fn pass(name: &str, range: &str) -> String {
+    format!(
+        "  st := sha256(salt || convert_to('{name} ' || n, 'UTF8'));
+  FOR i IN {range} LOOP
+    prev := c[i];
+    IF i < keep_from THEN
+      c[i] := {SCHEMA}.shift(c[i], get_byte(st, 0) * 256 + get_byte(st, 1), names);
+    END IF;
+    st := sha256(st || convert_to(prev, 'UTF8'));
+  END LOOP;
+"
+    )
+}
+
 fn functions_sql() -> String {
+    let forward = pass("forward", "1..n");
+    let backward = pass("backward", "REVERSE n..1");
     format!(
         r#"
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -86,23 +104,7 @@ BEGIN
     END IF;
   END IF;
   SELECT sha256(s.key || convert_to(style, 'UTF8')) INTO salt FROM {SCHEMA}.secret s;
-  st := sha256(salt || convert_to('forward ' || n, 'UTF8'));
-  FOR i IN 1..n LOOP
-    prev := c[i];
-    IF i < keep_from THEN
-      c[i] := {SCHEMA}.shift(c[i], get_byte(st, 0) * 256 + get_byte(st, 1), names);
-    END IF;
-    st := sha256(st || convert_to(prev, 'UTF8'));
-  END LOOP;
-  st := sha256(salt || convert_to('backward ' || n, 'UTF8'));
-  FOR i IN REVERSE n..1 LOOP
-    prev := c[i];
-    IF i < keep_from THEN
-      c[i] := {SCHEMA}.shift(c[i], get_byte(st, 0) * 256 + get_byte(st, 1), names);
-    END IF;
-    st := sha256(st || convert_to(prev, 'UTF8'));
-  END LOOP;
-  FOR i IN 1..n LOOP
+{forward}{backward}  FOR i IN 1..n LOOP
     IF substr(v, i, 1) <> substr(low, i, 1) THEN
       c[i] := upper(c[i]);
     END IF;

@@ -91,26 +91,31 @@ impl Agent {
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(TOKEN)
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
-        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+        self.with_body(reqwest::Method::POST, path, body).await
     }
 
     pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.with_body(reqwest::Method::PUT, path, body).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.with_body(reqwest::Method::PATCH, path, body).await
+    }
+
+    async fn with_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .http
-            .put(self.url(path))
+            .request(method.clone(), self.url(path))
             .bearer_auth(TOKEN)
             .json(body)
             .send()
             .await
-            .expect("PUT");
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
